@@ -2,11 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from rlt.pipeline import PackedTokens, run_length_tokenize
+from rlt.pipeline import PackedTokens, VideoDecodeError, run_length_tokenize
 
 try:
     __version__ = version("rlt-prep")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["PackedTokens", "__version__", "run_length_tokenize"]
+__all__ = ["PackedTokens", "VideoDecodeError", "__version__", "run_length_tokenize"]

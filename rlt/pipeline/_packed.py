@@ -134,7 +134,9 @@ class PackedTokens:
             # Each token covers tubelets t .. t+length-1 of its patch.
             run_N = self.lengths
             total = int(run_N.sum())
-            token_M = torch.repeat_interleave(torch.arange(self.num_tokens, device=self.device), run_N, output_size=total)
+            token_M = torch.repeat_interleave(
+                torch.arange(self.num_tokens, device=self.device), run_N, output_size=total
+            )
             run_start_N = torch.cumsum(run_N, 0) - run_N
             offset_M = torch.arange(total, device=self.device) - run_start_N[token_M]
             grid_BGhwD[clip_N[token_M], t_N[token_M] + offset_M, i_N[token_M], j_N[token_M]] = self.tokens[token_M]

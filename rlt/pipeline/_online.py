@@ -1,0 +1,328 @@
+"""Online mode: video files in, batches of run-length tokens out, on the device the frames are on.
+
+Shape legend: K clips of a video, T frames, S crop side, G tubelets per clip, B clips in a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from rlt.pipeline._decode import Backend, decode_batch, resolve_backend
+from rlt.pipeline._errors import VideoDecodeError
+from rlt.pipeline._manifest import ManifestRow, read_manifest
+from rlt.pipeline._packed import PackedTokens
+from rlt.pipeline._probe import VideoInfo, probe
+from rlt.pipeline._rlt import Compare, DropPolicy, ThresholdUnits, run_length_tokenize
+from rlt.pipeline._sampling import ClipIndices, ClipSampling, sample_clips
+from rlt.pipeline._transforms import resize_and_crop
+
+log = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+
+
+@dataclass(frozen=True)
+class RLTConfig:
+    """Options of `run_length_tokenize`, kept together so they travel to workers and into indexes."""
+
+    tubelet_size: int = 2
+    patch_size: int = 16
+    threshold: float = 0.1
+    threshold_units: ThresholdUnits = "normalized"
+    compare: Compare = "previous"
+    drop_policy: DropPolicy = "rlt"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.tubelet_size, int) and self.tubelet_size >= 1):
+            raise ValueError(f"tubelet_size must be an int >= 1, got {self.tubelet_size!r}")
+        if not (isinstance(self.patch_size, int) and self.patch_size >= 1):
+            raise ValueError(f"patch_size must be an int >= 1, got {self.patch_size!r}")
+        if not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold!r}")
+        for name, allowed in (
+            ("threshold_units", ("normalized", "pixel")),
+            ("compare", ("previous", "run_start")),
+            ("drop_policy", ("rlt", "none", "random")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+
+    def tokenize(self, frames_BTHWC: torch.Tensor) -> PackedTokens:
+        return run_length_tokenize(
+            frames_BTHWC,
+            tubelet_size=self.tubelet_size,
+            patch_size=self.patch_size,
+            threshold=self.threshold,
+            threshold_units=self.threshold_units,
+            compare=self.compare,
+            drop_policy=self.drop_policy,
+            seed=self.seed,
+        )
+
+
+# Frozen, so one shared default instance is safe.
+_DEFAULT_SAMPLING = ClipSampling()
+_DEFAULT_RLT = RLTConfig()
+
+
+@dataclass(frozen=True, repr=False)
+class VideoTokens:
+    """A video's clips and their tokens.
+
+    Attributes:
+        video: the path as given.
+        clips: each clip's source frame indices and padding.
+        tokens: the clips' tokens, one clip per batch entry.
+        padded: bool ``[K, G]``: tubelets made only of padding frames.
+    """
+
+    video: str
+    clips: list[ClipIndices]
+    tokens: PackedTokens
+    padded: torch.Tensor
+
+    def __repr__(self) -> str:
+        return f"VideoTokens(video={self.video!r}, clips={len(self.clips)}, tokens={self.tokens!r})"
+
+
+@dataclass(frozen=True, repr=False)
+class ClipBatch:
+    """A batch of clips from the online pipeline.
+
+    Attributes:
+        tokens: the clips' tokens, packed.
+        labels: int64 ``[B]``.
+        videos: each clip's video, as the manifest gives it.
+        clip_ids: each clip's number within its video.
+        frame_indices: int64 ``[B, T]`` source frames of each clip.
+        padded: bool ``[B, G]``: tubelets made only of padding frames.
+    """
+
+    tokens: PackedTokens
+    labels: torch.Tensor
+    videos: list[str]
+    clip_ids: list[int]
+    frame_indices: torch.Tensor
+    padded: torch.Tensor
+
+    def __repr__(self) -> str:
+        return f"ClipBatch(clips={len(self.videos)}, tokens={self.tokens!r})"
+
+
+def tokenize_video(
+    path: str | Path,
+    *,
+    sampling: ClipSampling = _DEFAULT_SAMPLING,
+    rlt: RLTConfig = _DEFAULT_RLT,
+    backend: Backend = "auto",
+    device: torch.device | str | None = None,
+    epoch: int = 0,
+    num_threads: int = 1,
+) -> VideoTokens:
+    """Decodes one video's clips and tokenizes them where the frames are.
+
+    Args:
+        path: the video file.
+        sampling: which clips to cut and how to size them.
+        rlt: the RLT stage's options.
+        backend: the decoder (see `decode_frames`).
+        device: where to tokenize; by default where the decoder put the frames.
+        epoch: the epoch, for training-mode clip offsets.
+        num_threads: decoding threads for decord.
+
+    Raises:
+        VideoDecodeError: the video cannot be decoded.
+    """
+    (result,) = _decode_videos(
+        [(str(path), Path(path))],
+        sampling=sampling,
+        backend=backend,
+        device=device,
+        epoch=epoch,
+        num_threads=num_threads,
+    )
+    if isinstance(result, VideoDecodeError):
+        raise result
+    clips, frames_KTHWC, padded_KG = _with_padding(result, rlt)
+    return VideoTokens(video=str(path), clips=clips, tokens=rlt.tokenize(frames_KTHWC), padded=padded_KG)
+
+
+class OnlinePipeline:
+    """Iterates over a manifest's videos and yields batches of tokenized clips.
+
+    Decoding runs ahead of tokenizing in a background thread (``prefetch`` batches of videos), so
+    the device tokenizes one batch while the next is being decoded.
+
+    Args:
+        manifest: CSV of ``path,label``.
+        sampling: which clips to cut and how to size them.
+        rlt: the RLT stage's options.
+        backend: the decoder.
+        device: where to tokenize; by default where the decoder put the frames.
+        videos_per_batch: videos decoded together; a batch holds all their clips.
+        prefetch: batches decoded ahead.
+        on_error: ``"skip"`` records a video that fails in `errors` and goes on; ``"raise"`` stops.
+        epoch: the epoch, for training-mode clip offsets.
+        num_threads: decoding threads for decord.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path,
+        *,
+        sampling: ClipSampling = _DEFAULT_SAMPLING,
+        rlt: RLTConfig = _DEFAULT_RLT,
+        backend: Backend = "auto",
+        device: torch.device | str | None = None,
+        videos_per_batch: int = 4,
+        prefetch: int = 2,
+        on_error: OnError = "skip",
+        epoch: int = 0,
+        num_threads: int = 1,
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be one of 'raise', 'skip', got {on_error!r}")
+        if videos_per_batch < 1 or prefetch < 1:
+            raise ValueError(f"videos_per_batch and prefetch must be >= 1, got {videos_per_batch}, {prefetch}")
+        self.manifest = read_manifest(manifest)
+        self.sampling, self.rlt = sampling, rlt
+        self.backend = resolve_backend(backend)
+        self.device = device
+        self.videos_per_batch, self.prefetch = videos_per_batch, prefetch
+        self.on_error, self.epoch, self.num_threads = on_error, epoch, num_threads
+        self.errors: list[VideoDecodeError] = []
+
+    def __len__(self) -> int:
+        """Batches per pass."""
+        return math.ceil(len(self.manifest) / self.videos_per_batch)
+
+    def __iter__(self) -> Iterator[ClipBatch]:
+        rows = self.manifest.rows
+        groups = [rows[i : i + self.videos_per_batch] for i in range(0, len(rows), self.videos_per_batch)]
+        pending: deque[Future[list[_Decoded | VideoDecodeError]]] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlt-decode") as pool:
+            try:
+                for group in groups:
+                    pending.append(pool.submit(self._decode, group))
+                    if len(pending) > self.prefetch:
+                        yield from self._tokenize(pending.popleft().result())
+                while pending:
+                    yield from self._tokenize(pending.popleft().result())
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _decode(self, group: tuple[ManifestRow, ...]) -> list[_Decoded | VideoDecodeError]:
+        decoded = _decode_videos(
+            [(row.video, row.path) for row in group],
+            sampling=self.sampling,
+            backend=self.backend,
+            device=self.device,
+            epoch=self.epoch,
+            num_threads=self.num_threads,
+        )
+        for row, item in zip(group, decoded, strict=True):
+            if isinstance(item, _Decoded):
+                item.label = row.label
+        return decoded
+
+    def _tokenize(self, decoded: list[_Decoded | VideoDecodeError]) -> Iterator[ClipBatch]:
+        good = []
+        for item in decoded:
+            if isinstance(item, VideoDecodeError):
+                if self.on_error == "raise":
+                    raise item
+                log.warning("skipping %s", item)
+                self.errors.append(item)
+            else:
+                good.append(item)
+        if not good:
+            return
+        clips, frames, padded, labels, videos = [], [], [], [], []
+        for item in good:
+            item_clips, frames_KTHWC, padded_KG = _with_padding(item, self.rlt)
+            clips += item_clips
+            frames.append(frames_KTHWC)
+            padded.append(padded_KG)
+            labels += [item.label] * len(item_clips)
+            videos += [item.video] * len(item_clips)
+        frames_BTHWC = torch.cat(frames)
+        yield ClipBatch(
+            tokens=self.rlt.tokenize(frames_BTHWC),
+            labels=torch.tensor(labels, dtype=torch.int64),
+            videos=videos,
+            clip_ids=[c.clip for c in clips],
+            frame_indices=torch.from_numpy(np.stack([c.frame_indices for c in clips])),
+            padded=torch.cat(padded),
+        )
+
+
+@dataclass
+class _Decoded:
+    video: str
+    info: VideoInfo
+    clips: list[ClipIndices]
+    frames_KTHWC: torch.Tensor
+    label: int = -1
+
+
+def _decode_videos(
+    videos: list[tuple[str, Path]],
+    *,
+    sampling: ClipSampling,
+    backend: Backend,
+    device: torch.device | str | None,
+    epoch: int,
+    num_threads: int,
+) -> list[_Decoded | VideoDecodeError]:
+    """Decodes each video's clips at once (the union of their frames), resized and cropped."""
+    results: list[_Decoded | VideoDecodeError | None] = [None] * len(videos)
+    todo = []
+    for k, (video, path) in enumerate(videos):
+        try:
+            info = probe(path)
+        except VideoDecodeError as e:
+            results[k] = VideoDecodeError(video, e.reason)
+            continue
+        clips = sample_clips(info.num_frames, sampling, source_fps=info.fps, video_key=video, epoch=epoch)
+        union = np.unique(np.concatenate([c.frame_indices for c in clips]))
+        todo.append((k, video, info, clips, union))
+    decoded = decode_batch(
+        [info.path for _, _, info, _, _ in todo],
+        [union for *_, union in todo],
+        backend=backend,
+        num_threads=num_threads,
+        infos=[info for _, _, info, _, _ in todo],
+    )
+    for (k, video, info, clips, union), frames in zip(todo, decoded, strict=True):
+        if isinstance(frames, VideoDecodeError):
+            results[k] = VideoDecodeError(video, frames.reason)
+            continue
+        if device is not None:
+            frames = frames.to(device, non_blocking=True)
+        frames = resize_and_crop(frames, size=sampling.size, crop=sampling.crop)
+        position = {int(f): i for i, f in enumerate(union)}
+        order = torch.tensor(
+            [[position[int(f)] for f in c.frame_indices] for c in clips], dtype=torch.int64, device=frames.device
+        )
+        results[k] = _Decoded(video=video, info=info, clips=clips, frames_KTHWC=frames[order])
+    return results  # type: ignore[return-value]
+
+
+def _with_padding(item: _Decoded, rlt: RLTConfig) -> tuple[list[ClipIndices], torch.Tensor, torch.Tensor]:
+    t = item.frames_KTHWC.shape[1]
+    if t % rlt.tubelet_size:
+        raise ValueError(f"num_frames={t} is not a multiple of tubelet_size={rlt.tubelet_size}")
+    padded_KG = torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in item.clips]))
+    return item.clips, item.frames_KTHWC, padded_KG
