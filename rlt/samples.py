@@ -125,12 +125,13 @@ def write_video(
         elif codec == "vp9":
             stream.options = {"crf": "24", "deadline": "realtime", "cpu-used": "8", "g": "48"}
         if pts is not None:
-            stream.time_base = Fraction(1, 1) / rate
+            # The encoder's own time base, not the stream's: the muxer rescales from it.
+            stream.codec_context.time_base = 1 / rate
         for i, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
             if pts is not None:
                 frame.pts = pts[i]
-                frame.time_base = stream.time_base
+                frame.time_base = stream.codec_context.time_base
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+# PyAV before decord, as rlt does: decord's bundled FFmpeg would shadow PyAV's codecs.
+import av  # noqa: F401
 import pytest
 import torch
+
+from tests.videos import make_test_videos
 
 CUDA = torch.cuda.is_available()
 FAIL_WITHOUT_CUDA = os.environ.get("FAIL_WITHOUT_CUDA", "") not in ("", "0")
@@ -19,3 +24,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if FAIL_WITHOUT_CUDA:
             pytest.fail("FAIL_WITHOUT_CUDA=1 but torch sees no CUDA device")
         pytest.skip("needs a CUDA GPU")
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Generated test videos by kind (see tests/videos.py)."""
+    return make_test_videos(tmp_path_factory.mktemp("videos"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -75,5 +77,8 @@ def _read_padded_rows(reader, indices: np.ndarray, info: VideoInfo) -> np.ndarra
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    # "[22:38:27] /github/workspace/src/video/video_reader.cc:486: Error: ..." -> "Error: ..."
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", lines[0])[:300]

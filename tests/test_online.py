@@ -1,0 +1,141 @@
+"""The online pipeline: manifests, tokenize_video, batches, skipping broken videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlt import VideoDecodeError
+from rlt.pipeline import ClipSampling, OnlinePipeline, RLTConfig, read_manifest, resize_and_crop, tokenize_video
+from rlt.samples import read_frame_index
+from tests.conftest import DEVICES
+
+SMALL = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
+
+
+def write_manifest(folder: Path, rows: list[tuple[str, str]]) -> Path:
+    path = folder / "manifest.csv"
+    path.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+    return path
+
+
+def test_tokenize_video_cuts_the_sampled_frames(videos: dict[str, Path]) -> None:
+    result = tokenize_video(videos["h264"], sampling=SMALL, backend="decord")
+    assert len(result.clips) == 2
+    assert result.tokens.num_clips == 2 and result.tokens.keep.shape == (2, 4, 4, 4)
+    # 40 frames, window 15: clips start at 0 and 25.
+    assert result.clips[0].frame_indices.tolist() == list(range(0, 16, 2))
+    assert result.clips[1].frame_indices.tolist() == list(range(25, 41, 2))[:8]
+    assert not result.padded.any()
+
+
+def test_frames_reach_rlt_in_clip_order(videos: dict[str, Path]) -> None:
+    # At native size the barcode survives: unpack the tokens and read each frame's index back.
+    native = ClipSampling(num_frames=4, frame_interval=3, clips_per_video=2, size=None, crop=None)
+    result = tokenize_video(videos["vp9"], sampling=native, rlt=RLTConfig(drop_policy="none"), backend="dali-cpu")
+    frames = result.tokens.unpack()
+    for clip, clip_frames in zip(result.clips, frames, strict=True):
+        assert [read_frame_index(f) for f in clip_frames.numpy()] == clip.frame_indices.tolist()
+
+
+def test_short_video_marks_padded_tubelets(videos: dict[str, Path]) -> None:
+    result = tokenize_video(videos["one_frame"], sampling=SMALL, backend="decord")
+    # One real frame: tubelet 0 holds it and a repeat; the rest are padding and dropped.
+    assert result.padded[:, 0].logical_not().all() and result.padded[:, 1:].all()
+    assert not result.tokens.keep[:, 1:].any()
+
+
+def test_video_smaller_than_the_crop_is_resized_up(videos: dict[str, Path]) -> None:
+    sampling = ClipSampling(num_frames=4, frame_interval=1, size=128, crop=128)
+    result = tokenize_video(videos["small"], sampling=sampling, backend="decord")  # 64x96 source
+    assert result.tokens.keep.shape == (1, 2, 8, 8)
+
+
+def test_pipeline_yields_every_clip_and_records_broken_videos(tmp_path: Path, videos: dict[str, Path]) -> None:
+    good = ["h264", "vp9", "mjpeg", "odd_size", "gray"]
+    rows = [(str(videos[k]), str(i % 2)) for i, k in enumerate(good)]
+    rows.insert(2, (str(videos["random"]), "1"))
+    rows.append((str(videos["missing"]), "0"))
+    pipeline = OnlinePipeline(
+        write_manifest(tmp_path, rows), sampling=SMALL, backend="decord", videos_per_batch=2, prefetch=2
+    )
+    seen = []
+    for batch in pipeline:
+        assert batch.tokens.num_clips == len(batch.videos) == len(batch.clip_ids) == batch.labels.shape[0]
+        assert batch.frame_indices.shape == (len(batch.videos), 8) and batch.padded.shape == (len(batch.videos), 4)
+        seen += list(zip(batch.videos, batch.clip_ids, batch.labels.tolist(), strict=True))
+    expected = [(str(videos[k]), c, i % 2) for i, k in enumerate(good) for c in (0, 1)]
+    assert seen == expected
+    assert [e.path for e in pipeline.errors] == [str(videos["random"]), str(videos["missing"])]
+    assert "no such file" in pipeline.errors[1].reason
+
+
+def test_pipeline_raise_policy_stops_at_the_broken_video(tmp_path: Path, videos: dict[str, Path]) -> None:
+    rows = [(str(videos["h264"]), "0"), (str(videos["text"]), "1")]
+    pipeline = OnlinePipeline(write_manifest(tmp_path, rows), sampling=SMALL, backend="decord", on_error="raise")
+    with pytest.raises(VideoDecodeError, match=r"text\.mp4: not a readable video"):
+        list(pipeline)
+
+
+def test_pipeline_matches_tokenize_video(tmp_path: Path, videos: dict[str, Path]) -> None:
+    rows = [(str(videos["h264"]), "0"), (str(videos["mjpeg"]), "1")]
+    (batch,) = list(OnlinePipeline(write_manifest(tmp_path, rows), sampling=SMALL, backend="decord"))
+    for k, kind in enumerate(("h264", "mjpeg")):
+        alone = tokenize_video(videos[kind], sampling=SMALL, backend="decord").tokens
+        for clip in range(2):
+            a, b = batch.tokens.clip(2 * k + clip), alone.clip(clip)
+            assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tokenizes_on_the_requested_device(videos: dict[str, Path], device: str) -> None:
+    result = tokenize_video(videos["h264"], sampling=SMALL, backend="decord", device=device)
+    assert result.tokens.device.type == device
+    cpu = tokenize_video(videos["h264"], sampling=SMALL, backend="decord")
+    # The GPU resize may round differently from the CPU's exact uint8 path; the shapes agree.
+    assert result.tokens.keep.shape == cpu.tokens.keep.shape
+
+
+@pytest.mark.needs_cuda
+def test_dali_gpu_pipeline_stays_on_the_gpu(tmp_path: Path, videos: dict[str, Path]) -> None:
+    rows = [(str(videos["h264"]), "0"), (str(videos["vp9"]), "1"), (str(videos["random"]), "0")]
+    pipeline = OnlinePipeline(write_manifest(tmp_path, rows), sampling=SMALL, backend="dali")
+    batches = list(pipeline)
+    assert all(b.tokens.device.type == "cuda" for b in batches)
+    assert sum(b.tokens.num_clips for b in batches) == 4
+    assert [e.path for e in pipeline.errors] == [str(videos["random"])]
+
+
+def test_manifest_resolves_relative_paths_and_class_names(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    manifest = write_manifest(tmp_path, [("sub/a.mp4", "walk"), ("/abs/b.mp4", "run"), ("c.mp4", "walk")])
+    read = read_manifest(manifest)
+    assert read.classes == ("run", "walk")
+    assert [r.label for r in read.rows] == [1, 0, 1]
+    assert read.rows[0].path == tmp_path / "sub" / "a.mp4" and read.rows[0].video == "sub/a.mp4"
+    assert read.rows[1].path == Path("/abs/b.mp4")
+
+
+def test_manifest_errors_name_the_line(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_manifest(tmp_path / "none.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("video,label\na.mp4,0\n")
+    with pytest.raises(ValueError, match="'path' column"):
+        read_manifest(bad)
+    bad.write_text("path,label\na.mp4,0\n,1\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: empty video path"):
+        read_manifest(bad)
+
+
+def test_resize_and_crop() -> None:
+    frames = torch.zeros(2, 120, 160, 3, dtype=torch.uint8)
+    frames[:, :, 80:] = 200  # right half bright
+    out = resize_and_crop(frames, size=60, crop=60)
+    assert out.shape == (2, 60, 60, 3) and out.is_contiguous()
+    # Short side 120 -> 60: width 80, centre crop columns 10..70; the bright half starts at 40 - 10.
+    assert out[0, 30, 25, 0].item() == 0 and out[0, 30, 35, 0].item() == 200
+    assert resize_and_crop(frames, size=None, crop=None).shape == frames.shape
+    assert resize_and_crop(frames, size=None, crop=100).shape == (2, 100, 100, 3)
