@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from rlt.dataset import open_dataset
 from rlt.pipeline import PackedTokens, VideoDecodeError, run_length_tokenize
 
 try:
@@ -9,4 +10,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["PackedTokens", "VideoDecodeError", "__version__", "run_length_tokenize"]
+__all__ = ["PackedTokens", "VideoDecodeError", "__version__", "open_dataset", "run_length_tokenize"]

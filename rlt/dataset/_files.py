@@ -1,0 +1,69 @@
+"""Atomic writes and shard checksums: how a shard is committed and how damage is found."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+META = "meta.json"
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flushes every file below ``folder`` and the folders themselves to disk."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(root))
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Writes JSON to a temporary name, fsyncs it, and renames it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def file_list(folder: Path) -> list[dict[str, Any]]:
+    """Each data file below ``folder`` (``meta.json`` aside): relative path, size and sha256."""
+    entries = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            full = Path(root) / name
+            relative = full.relative_to(folder).as_posix()
+            if relative == META:
+                continue
+            entries.append({"path": relative, "bytes": full.stat().st_size, "sha256": _sha256(full)})
+    return sorted(entries, key=lambda e: e["path"])
+
+
+def checksum(entries: list[dict[str, Any]]) -> str:
+    """The shard checksum over a `file_list` (see FORMAT.md)."""
+    digest = hashlib.sha256()
+    for e in entries:
+        digest.update(f"{e['path']}\t{e['bytes']}\t{e['sha256']}\n".encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

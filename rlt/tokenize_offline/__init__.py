@@ -1,0 +1,15 @@
+"""`rlt-prep tokenize`: decode and tokenize every video once, into sharded datasets, on Ray."""
+
+from rlt.tokenize_offline._config import TokenizeConfig
+from rlt.tokenize_offline._job import ConfigMismatchError, JobSummary, Progress, tokenize_dataset
+from rlt.tokenize_offline._shard import ShardSpec, run_shard
+
+__all__ = [
+    "ConfigMismatchError",
+    "JobSummary",
+    "Progress",
+    "ShardSpec",
+    "TokenizeConfig",
+    "run_shard",
+    "tokenize_dataset",
+]

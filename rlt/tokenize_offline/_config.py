@@ -1,0 +1,69 @@
+"""The offline job's configuration: everything that decides the bytes of the dataset."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rlt.dataset import STORAGES, Storage
+from rlt.pipeline import BACKENDS, Backend, ClipSampling, RLTConfig
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """How `rlt-prep tokenize` cuts, tokenizes and stores clips.
+
+    A re-run into the same folder must use the same configuration (or ``overwrite``), so this is
+    recorded in ``plan.json`` and ``index.json``.
+
+    Attributes:
+        storage: ``"zarr"`` or ``"arrow"``.
+        shard_size: videos per shard.
+        sampling: which clips to cut and how to size them.
+        rlt: the RLT stage's options.
+        backend: the decoder.
+    """
+
+    storage: Storage = "zarr"
+    shard_size: int = 64
+    sampling: ClipSampling = field(default_factory=ClipSampling)
+    rlt: RLTConfig = field(default_factory=RLTConfig)
+    backend: Backend = "auto"
+
+    def __post_init__(self) -> None:
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {', '.join(map(repr, STORAGES))}, got {self.storage!r}")
+        if not (isinstance(self.shard_size, int) and self.shard_size >= 1):
+            raise ValueError(f"shard_size must be an int >= 1, got {self.shard_size!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}")
+        if self.sampling.crop is None:
+            raise ValueError("offline datasets need a fixed clip size: set sampling.crop")
+        if self.sampling.crop % self.rlt.patch_size:
+            raise ValueError(f"crop={self.sampling.crop} is not a multiple of patch_size={self.rlt.patch_size}")
+        if self.sampling.num_frames % self.rlt.tubelet_size:
+            raise ValueError(
+                f"num_frames={self.sampling.num_frames} is not a multiple of tubelet_size={self.rlt.tubelet_size}"
+            )
+
+    @property
+    def token_dim(self) -> int:
+        return self.rlt.tubelet_size * self.rlt.patch_size**2 * 3
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(T, G): frames and tubelets per clip."""
+        return self.sampling.num_frames, self.sampling.num_frames // self.rlt.tubelet_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TokenizeConfig:
+        return cls(
+            storage=values["storage"],
+            shard_size=values["shard_size"],
+            sampling=ClipSampling(**values["sampling"]),
+            rlt=RLTConfig(**values["rlt"]),
+            backend=values["backend"],
+        )

@@ -1,0 +1,295 @@
+"""`rlt-prep tokenize`: plan shards, run them as Ray tasks, write the index last.
+
+The plan (which videos go to which shard) is written once and extended, never reshuffled, so a
+re-run after a crash redoes exactly the shards that were not committed and produces the same bytes;
+a re-run with new manifest rows plans new shards for the new videos only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from rlt.dataset import FORMAT, FORMAT_VERSION, INDEX, SHARDS, write_json_atomic
+from rlt.pipeline import read_manifest
+from rlt.tokenize_offline._config import TokenizeConfig
+from rlt.tokenize_offline._shard import ShardSpec, read_meta, run_shard, shard_folder
+
+log = logging.getLogger(__name__)
+
+PLAN = "plan.json"
+ERRORS = "errors.jsonl"
+
+
+class ConfigMismatchError(ValueError):
+    """``OUT`` holds a dataset made with another configuration."""
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a run of the job did and what the dataset holds."""
+
+    out: Path
+    videos: int
+    failed: int
+    clips: int
+    tokens: int
+    dense_tokens: int
+    bytes: int
+    shards: int
+    shards_written: int
+    seconds: float
+
+    @property
+    def kept_ratio(self) -> float:
+        return self.tokens / max(self.dense_tokens, 1)
+
+
+@dataclass
+class Progress:
+    """Counts handed to the progress callback after each shard."""
+
+    videos_done: int
+    videos_total: int
+    clips: int
+    tokens: int
+    dense_tokens: int
+    failed: int
+
+
+def tokenize_dataset(
+    manifest: str | Path,
+    out: str | Path,
+    config: TokenizeConfig = TokenizeConfig(),  # noqa: B008 (frozen)
+    *,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    gpus_per_task: float | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> JobSummary:
+    """Decodes and tokenizes every video of ``manifest`` once, into sharded files under ``out``.
+
+    Args:
+        manifest: CSV of ``path,label``.
+        out: the dataset folder; nothing is written outside it.
+        config: sampling, RLT options, storage and shard size.
+        ray_address: an existing Ray cluster (``ray://`` or ``host:port``); default is the
+            ``RAY_ADDRESS`` environment variable, else an embedded local Ray.
+        workers: tasks in flight at once (and CPUs of the embedded Ray); default: all CPUs.
+        overwrite: replace a dataset in ``out`` made with another configuration.
+        gpus_per_task: GPU fraction each task asks Ray for; default 0.25 where the cluster has GPUs.
+        on_progress: called after each committed shard.
+
+    Raises:
+        ConfigMismatchError: ``out`` holds a dataset made with another configuration.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    rows = read_manifest(manifest)
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        _remove_dataset(out)
+    plan = _extend_plan(out, rows, config)
+    specs = [ShardSpec(s["name"], tuple(tuple(v) for v in s["videos"])) for s in plan["shards"]]
+    pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
+    total_videos = sum(len(s.videos) for s in specs)
+    written = 0
+    if pending or not (out / INDEX).is_file():
+        # Until the index is rewritten, the folder must not look like a finished dataset.
+        (out / INDEX).unlink(missing_ok=True)
+        for stale in (out / SHARDS).glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        counts = Progress(0, total_videos, 0, 0, 0, 0)
+        for s in specs:
+            if s not in pending:
+                _add(counts, read_meta(shard_folder(out, s.name)))
+        if on_progress:
+            on_progress(counts)
+        for result in _run_on_ray(out, pending, config, ray_address, workers, gpus_per_task):
+            written += not result["skipped"]
+            _add(counts, result["meta"])
+            if on_progress:
+                on_progress(counts)
+        _write_index(out, plan, specs, config)
+    index = json.loads((out / INDEX).read_text())
+    totals = index["totals"]
+    return JobSummary(
+        out=out,
+        videos=totals["videos"],
+        failed=totals["failed"],
+        clips=totals["clips"],
+        tokens=totals["tokens"],
+        dense_tokens=totals["dense_tokens"],
+        bytes=totals["bytes"],
+        shards=len(specs),
+        shards_written=written,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _add(counts: Progress, meta: dict[str, Any]) -> None:
+    counts.videos_done += meta["videos"]
+    counts.clips += meta["rows"]
+    counts.tokens += meta["tokens"]
+    counts.dense_tokens += meta["dense_tokens"]
+    counts.failed += meta["failed"]
+
+
+def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig) -> dict[str, Any]:
+    path = out / PLAN
+    wanted = config.to_dict()
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        if plan["config"] != wanted:
+            raise ConfigMismatchError(
+                f"{out} holds a dataset made with another configuration:\n{_diff(plan['config'], wanted)}\n"
+                f"use another OUT, the same options, or --overwrite to replace it"
+            )
+        if plan.get("classes") != (list(manifest.classes) if manifest.classes else None):
+            raise ConfigMismatchError(f"{out}: the manifest's class names differ from the dataset's; use --overwrite")
+    else:
+        plan = {"config": wanted, "classes": list(manifest.classes) if manifest.classes else None, "shards": []}
+    planned = {video for shard in plan["shards"] for video, _, _ in shard["videos"]}
+    seen: set[str] = set()
+    new = []
+    for row in manifest.rows:
+        if row.video in seen:
+            raise ValueError(f"{manifest.path}: video {row.video!r} appears twice")
+        seen.add(row.video)
+        if row.video not in planned:
+            new.append([row.video, str(row.path.resolve()), row.label])
+    if new or not path.is_file():
+        first = len(plan["shards"])
+        for k in range(0, len(new), config.shard_size):
+            plan["shards"].append(
+                {"name": f"shard-{first + k // config.shard_size:05d}", "videos": new[k : k + config.shard_size]}
+            )
+        write_json_atomic(path, plan)
+    return plan
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _diff(a, b, f"{prefix}{key}.")
+            if inner:
+                lines.append(inner)
+        elif a != b:
+            lines.append(f"  {prefix}{key}: {a!r} in the dataset, {b!r} now")
+    return "\n".join(lines)
+
+
+def _remove_dataset(out: Path) -> None:
+    """Removes what the job writes in ``out`` (and nothing else a user may keep there)."""
+    (out / INDEX).unlink(missing_ok=True)
+    (out / PLAN).unlink(missing_ok=True)
+    (out / ERRORS).unlink(missing_ok=True)
+    shutil.rmtree(out / SHARDS, ignore_errors=True)
+
+
+def _run_on_ray(
+    out: Path,
+    pending: list[ShardSpec],
+    config: TokenizeConfig,
+    address: str | None,
+    workers: int | None,
+    gpus_per_task: float | None,
+) -> Any:
+    """Runs the pending shards as Ray tasks and yields each one's result as it completes."""
+    if not pending:
+        return
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(
+                num_cpus=workers or os.cpu_count(),
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                object_store_memory=200 * 1024 * 1024,
+            )
+    try:
+        resources = ray.cluster_resources()
+        if gpus_per_task is None:
+            gpus_per_task = 0.25 if resources.get("GPU", 0) > 0 else 0.0
+        # Ray re-runs a task whose worker or node died; application errors are not retried.
+        task = ray.remote(num_cpus=1, num_gpus=gpus_per_task, max_retries=5)(run_shard)
+        limit = workers or max(int(resources.get("CPU", 1)), 1)
+        queue = list(pending)
+        running: list[Any] = []
+        while queue or running:
+            while queue and len(running) < limit:
+                running.append(task.remote(str(out), queue.pop(0), config))
+            done, running = ray.wait(running, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _write_index(out: Path, plan: dict[str, Any], specs: list[ShardSpec], config: TokenizeConfig) -> None:
+    metas = [read_meta(shard_folder(out, s.name)) for s in specs]
+    errors = [{"video": e["video"], "reason": e["reason"], "shard": m["name"]} for m in metas for e in m["errors"]]
+    tmp = out / f".{ERRORS}.tmp"
+    with open(tmp, "w") as f:
+        for error in errors:
+            f.write(json.dumps(error) + "\n")
+    os.replace(tmp, out / ERRORS)
+    index = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "storage": config.storage,
+        "config": plan["config"],
+        "classes": plan["classes"],
+        "versions": _versions(),
+        "decoders": sorted({m["decoder"] for m in metas}),
+        "totals": {
+            "videos": sum(m["videos"] for m in metas),
+            "failed": sum(m["failed"] for m in metas),
+            "clips": sum(m["rows"] for m in metas),
+            "tokens": sum(m["tokens"] for m in metas),
+            "dense_tokens": sum(m["dense_tokens"] for m in metas),
+            "bytes": sum(m["bytes"] for m in metas),
+        },
+        "shards": [
+            {k: m[k] for k in ("name", "rows", "tokens", "dense_tokens", "videos", "failed", "bytes", "checksum")}
+            for m in metas
+        ],
+    }
+    write_json_atomic(out / INDEX, index)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in (
+        "rlt-prep",
+        "torch",
+        "numpy",
+        "decord",
+        "nvidia-dali-cuda120",
+        "nvidia-dali-cuda130",
+        "zarr",
+        "pyarrow",
+        "ray",
+    ):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,108 @@
+"""One shard: decode and tokenize its videos, write the rows, commit the folder atomically.
+
+Runs inside a Ray task, or in-process. A shard folder that exists is complete: it is written under a
+temporary name and renamed into place only after every file is on disk. Running the same shard
+twice (a Ray retry after the rename) leaves the first copy untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlt.dataset import META, SHARDS, ClipRecord, checksum, file_list, fsync_tree, write_json_atomic, write_rows
+from rlt.pipeline import VideoDecodeError, resolve_backend, tokenize_video
+from rlt.tokenize_offline._config import TokenizeConfig
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """A planned shard: its name and its videos as (video as given, resolved path, label)."""
+
+    name: str
+    videos: tuple[tuple[str, str, int], ...]
+
+
+def shard_folder(out: Path, name: str) -> Path:
+    return out / SHARDS / name
+
+
+def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig) -> dict[str, Any]:
+    """Writes shard ``spec`` under ``out`` unless it is already there; returns its meta and timing."""
+    out = Path(out)
+    final = shard_folder(out, spec.name)
+    if final.is_dir():
+        return {"meta": read_meta(final), "seconds": 0.0, "skipped": True}
+    started = time.perf_counter()
+    backend = resolve_backend(config.backend)
+    device = "cuda" if backend == "dali" or (torch.cuda.is_available() and backend == "decord") else "cpu"
+    rows: list[ClipRecord] = []
+    errors = []
+    dense = 0
+    for video, path, label in spec.videos:
+        try:
+            result = tokenize_video(path, sampling=config.sampling, rlt=config.rlt, backend=backend, device=device)
+        except VideoDecodeError as e:
+            errors.append({"video": video, "reason": e.reason})
+            continue
+        packed = result.tokens.to("cpu")
+        dense += packed.dense_tokens
+        for k, clip in enumerate(result.clips):
+            one = packed.clip(k)
+            rows.append(
+                ClipRecord(
+                    video=video,
+                    label=label,
+                    clip=clip.clip,
+                    frame_indices=clip.frame_indices,
+                    padded=result.padded[k].numpy(),
+                    num_tokens=one.num_tokens,
+                    positions=one.positions.numpy(),
+                    lengths=one.lengths.numpy(),
+                    tokens=one.tokens.numpy(),
+                )
+            )
+    tmp = out / SHARDS / f".tmp-{spec.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        write_rows(tmp, rows, storage=config.storage, token_dim=config.token_dim, grid=config.grid)
+        files = file_list(tmp)
+        meta = {
+            "name": spec.name,
+            "rows": len(rows),
+            "tokens": int(sum(r.num_tokens or 0 for r in rows)),
+            "dense_tokens": dense,
+            "videos": len(spec.videos),
+            "failed": len(errors),
+            "errors": errors,
+            "decoder": backend,
+            "files": files,
+            "bytes": sum(f["bytes"] for f in files),
+            "checksum": checksum(files),
+        }
+        write_json_atomic(tmp / META, meta)
+        fsync_tree(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            # Another attempt of this shard committed first; its bytes are the same as ours.
+            shutil.rmtree(tmp)
+            return {"meta": read_meta(final), "seconds": time.perf_counter() - started, "skipped": True}
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"meta": meta, "seconds": time.perf_counter() - started, "skipped": False}
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / META).read_text())
