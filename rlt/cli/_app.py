@@ -10,8 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rlt.dataset import open_dataset
 from rlt.pipeline import BACKENDS, ClipSampling, OnlinePipeline, RLTConfig
 from rlt.samples import make_samples
+from rlt.tokenize_offline import JobSummary, TokenizeConfig, tokenize_dataset
+from rlt.tokenize_offline import Progress as JobProgress
 
 app = typer.Typer(
     name="rlt-prep",
@@ -84,11 +87,116 @@ def demo(
         f"backend {pipeline.backend}: {kept} of {dense} tokens kept ({100 * kept / max(dense, 1):.1f}%), "
         f"{len(pipeline.errors)} videos failed"
     )
-    for error in pipeline.errors:
-        console.print(f"  [red]failed[/red] {error}")
+
+    console.rule("[bold]3. offline job: rlt-prep tokenize on an embedded local Ray")
+    dataset = out / "dataset"
+    config = TokenizeConfig(
+        shard_size=max(videos // 4, 1),
+        sampling=ClipSampling(clips_per_video=2),
+        rlt=RLTConfig(threshold=threshold),
+        backend=backend,  # type: ignore[arg-type]
+    )
+    summary = _run_tokenize(manifest, dataset, config, None, None, overwrite=True)
+    _print_summary(summary)
+    reread = open_dataset(dataset, columns=["num_tokens"])
+    console.print(f"read back with rlt.open_dataset: {len(reread)} clips, checksums verified")
     console.rule(f"done in {time.perf_counter() - started:.1f}s")
-    if pipeline.errors:
+    if pipeline.errors or summary.failed:
         raise typer.Exit(code=1)
+
+
+# Exit status of `tokenize` when the dataset is complete but some videos could not be decoded.
+EXIT_SOME_FAILED = 3
+
+
+@app.command()
+def tokenize(
+    manifest: Annotated[Path, typer.Argument(help="CSV of path,label (paths relative to its folder)")],
+    out: Annotated[Path, typer.Argument(help="dataset folder; nothing is written outside it")],
+    format: Annotated[str, typer.Option("--format", help="zarr | arrow")] = "zarr",
+    shard_size: Annotated[int, typer.Option(help="videos per shard")] = 64,
+    clips_per_video: Annotated[int, typer.Option(help="clips per video (K)")] = 1,
+    threshold: Annotated[float, typer.Option(help="RLT threshold (ImageNet-normalised units)")] = 0.1,
+    compare: Annotated[str, typer.Option(help="previous | run_start")] = "previous",
+    num_frames: Annotated[int, typer.Option(help="frames per clip")] = 16,
+    frame_interval: Annotated[int, typer.Option(help="frames between a clip's frames")] = 4,
+    size: Annotated[int, typer.Option(help="short side and centre crop, in pixels")] = 224,
+    backend: Backend = "auto",
+    ray_address: Annotated[
+        str | None, typer.Option(help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="tasks at once (default: all CPUs)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a dataset made with other options")] = False,
+) -> None:
+    """Decodes and tokenizes every video once, into a sharded Zarr or Arrow dataset, on Ray.
+
+    Safe to kill and re-run: finished shards are kept, unfinished ones redone. Exits 3 when the
+    dataset is complete but some videos failed (listed in OUT/errors.jsonl).
+    """
+    try:
+        config = TokenizeConfig(
+            storage=format,  # type: ignore[arg-type]
+            shard_size=shard_size,
+            sampling=ClipSampling(
+                num_frames=num_frames,
+                frame_interval=frame_interval,
+                clips_per_video=clips_per_video,
+                size=size,
+                crop=size,
+            ),
+            rlt=RLTConfig(threshold=threshold, compare=compare),  # type: ignore[arg-type]
+            backend=backend,  # type: ignore[arg-type]
+        )
+        summary = _run_tokenize(manifest, out, config, ray_address, workers, overwrite)
+    except (ValueError, FileNotFoundError) as e:  # ConfigMismatchError is a ValueError
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from e
+    _print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(code=EXIT_SOME_FAILED)
+
+
+def _run_tokenize(
+    manifest: Path, out: Path, config: TokenizeConfig, ray_address: str | None, workers: int | None, overwrite: bool
+) -> JobSummary:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("tokenize"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("videos {task.fields[rate]} | {task.fields[clips]} clips | kept {task.fields[kept]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("tokenize", total=None, rate="-", clips=0, kept="-")
+        started = time.perf_counter()
+        first: list[int] = []
+
+        def update(p: JobProgress) -> None:
+            if not first:
+                first.append(p.videos_done)  # videos finished by an earlier run do not count towards the rate
+            rate = (p.videos_done - first[0]) / max(time.perf_counter() - started, 1e-9)
+            kept = f"{100 * p.tokens / p.dense_tokens:.1f}%" if p.dense_tokens else "-"
+            bar.update(
+                task, total=p.videos_total, completed=p.videos_done, rate=f"{rate:.1f}/s", clips=p.clips, kept=kept
+            )
+
+        return tokenize_dataset(
+            manifest, out, config, ray_address=ray_address, workers=workers, overwrite=overwrite, on_progress=update
+        )
+
+
+def _print_summary(s: JobSummary) -> None:
+    table = Table("dataset", str(s.out))
+    table.add_row("videos", f"{s.videos} ({s.failed} failed)")
+    table.add_row("clips", str(s.clips))
+    table.add_row("tokens kept", f"{s.tokens} of {s.dense_tokens} ({100 * s.kept_ratio:.1f}%)")
+    table.add_row("on disk", f"{s.bytes / 1e6:.1f} MB in {s.shards} shards ({s.shards_written} written by this run)")
+    table.add_row("time", f"{s.seconds:.1f}s")
+    console.print(table)
+    if s.failed:
+        console.print(f"[yellow]{s.failed} videos failed[/yellow]: see {s.out / 'errors.jsonl'}")
 
 
 @app.command()

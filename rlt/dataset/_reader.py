@@ -81,16 +81,16 @@ def verify_shard(folder: Path, expected: str) -> None:
     actual = file_list(folder)
     if checksum(actual) != expected:
         by_path = {e["path"]: e for e in actual}
-        for e in recorded:
-            found = by_path.get(e["path"])
+        for entry in recorded:
+            found = by_path.get(entry["path"])
             if found is None:
-                raise CorruptShardError(folder, f"{e['path']} is missing")
-            if found["bytes"] != e["bytes"]:
+                raise CorruptShardError(folder, f"{entry['path']} is missing")
+            if found["bytes"] != entry["bytes"]:
                 raise CorruptShardError(
-                    folder, f"{e['path']} has {found['bytes']} bytes, expected {e['bytes']} (truncated?)"
+                    folder, f"{entry['path']} has {found['bytes']} bytes, expected {entry['bytes']} (truncated?)"
                 )
-            if found["sha256"] != e["sha256"]:
-                raise CorruptShardError(folder, f"{e['path']} does not match its checksum (altered)")
+            if found["sha256"] != entry["sha256"]:
+                raise CorruptShardError(folder, f"{entry['path']} does not match its checksum (altered)")
         raise CorruptShardError(folder, "the shard's files do not match the checksum in the index")
 
 

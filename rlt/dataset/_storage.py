@@ -43,7 +43,7 @@ def _columns(rows: Sequence[ClipRecord], token_dim: int, grid: tuple[int, int]) 
     np.cumsum(counts, out=offsets[1:])
 
     def stack(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        parts = [np.asarray(getattr(r, name), dtype=dtype).reshape(shape) for r in rows]
+        parts: list[np.ndarray] = [np.asarray(getattr(r, name), dtype=dtype).reshape(shape) for r in rows]
         return np.concatenate(parts) if parts else np.zeros((0, *shape[1:]), dtype=dtype)
 
     return {
@@ -126,7 +126,8 @@ class ShardReader:
             import zarr
 
             self._group: Any = zarr.open_group(str(folder), mode="r")
-            self._offsets = self._group["token_offsets"][:]
+            offsets: Any = self._group["token_offsets"]
+            self._offsets: np.ndarray = np.asarray(offsets[:])
             self.rows = len(self._offsets) - 1
             self._cache: dict[str, np.ndarray] = {}
         else:
