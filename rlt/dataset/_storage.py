@@ -13,6 +13,7 @@ from rlt.dataset._record import ClipRecord
 Storage = Literal["zarr", "arrow"]
 STORAGES = ("zarr", "arrow")
 ARROW_FILE = "clips.arrow"
+ZARR_ARRAYS = ("video", "label", "clip", "frame_indices", "padded", "token_offsets", "positions", "lengths", "tokens")
 # Tokens per Zarr chunk, and per Zarr shard (the file that holds many chunks).
 TOKEN_CHUNK = 256
 TOKEN_SHARD = 8192

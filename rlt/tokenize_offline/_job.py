@@ -107,8 +107,6 @@ def tokenize_dataset(
     if pending or not (out / INDEX).is_file():
         # Until the index is rewritten, the folder must not look like a finished dataset.
         (out / INDEX).unlink(missing_ok=True)
-        for stale in (out / SHARDS).glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
         counts = Progress(0, total_videos, 0, 0, 0, 0)
         for s in specs:
             if s not in pending:
@@ -121,6 +119,7 @@ def tokenize_dataset(
             if on_progress:
                 on_progress(counts)
         _write_index(out, plan, specs, config)
+        _remove_leftovers(out)
     index = json.loads((out / INDEX).read_text())
     totals = index["totals"]
     return JobSummary(
@@ -197,6 +196,18 @@ def _remove_dataset(out: Path) -> None:
     (out / PLAN).unlink(missing_ok=True)
     (out / ERRORS).unlink(missing_ok=True)
     shutil.rmtree(out / SHARDS, ignore_errors=True)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Removes temporary folders of attempts whose shard another attempt has committed.
+
+    Never those of uncommitted shards: after a kill -9, Ray workers of the dead job may still be
+    writing them for a moment, and pulling a folder from under a writer could commit a broken shard.
+    """
+    for tmp in (out / SHARDS).glob(".tmp-*"):
+        name = tmp.name.removeprefix(".tmp-").rsplit("-", 1)[0]
+        if shard_folder(out, name).is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run_on_ray(

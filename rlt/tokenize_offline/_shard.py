@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from rlt.dataset import META, SHARDS, ClipRecord, checksum, file_list, fsync_tree, write_json_atomic, write_rows
+from rlt.dataset._storage import ARROW_FILE, ZARR_ARRAYS
 from rlt.pipeline import VideoDecodeError, resolve_backend, tokenize_video
 from rlt.tokenize_offline._config import TokenizeConfig
 
@@ -75,6 +76,10 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig) -> dict[
     try:
         write_rows(tmp, rows, storage=config.storage, token_dim=config.token_dim, grid=config.grid)
         files = file_list(tmp)
+        missing = expected_files(config.storage) - {f["path"] for f in files}
+        if missing:
+            # Someone removed files while we wrote; committing would publish a broken shard.
+            raise RuntimeError(f"{tmp} lost {sorted(missing)} while being written")
         meta = {
             "name": spec.name,
             "rows": len(rows),
@@ -102,6 +107,13 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig) -> dict[
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"meta": meta, "seconds": time.perf_counter() - started, "skipped": False}
+
+
+def expected_files(storage: str) -> set[str]:
+    """Files every shard of this storage has, whatever its rows."""
+    if storage == "arrow":
+        return {ARROW_FILE}
+    return {"zarr.json"} | {f"{array}/zarr.json" for array in ZARR_ARRAYS}
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

@@ -1,0 +1,211 @@
+"""`rlt-prep tokenize`: offline equals online, failures recorded, safe to kill and re-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlt import open_dataset
+from rlt.dataset import CorruptShardError
+from rlt.pipeline import ClipSampling, RLTConfig, tokenize_video
+from rlt.samples import make_samples
+from rlt.tokenize_offline import ConfigMismatchError, TokenizeConfig, tokenize_dataset
+
+SMALL = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
+CONFIG = TokenizeConfig(shard_size=2, sampling=SMALL, backend="decord")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> object:
+    """One embedded Ray for the module: the job uses it instead of starting its own each time."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight short sample videos and their manifest (relative paths)."""
+    return make_samples(tmp_path_factory.mktemp("samples"), num_videos=8, num_frames=24, height=64, width=96)
+
+
+def manifest_with(folder: Path, rows: list[tuple[str, int]]) -> Path:
+    path = folder / "manifest.csv"
+    path.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+    return path
+
+
+def checksums(out: Path) -> dict[str, str]:
+    return {s["name"]: s["checksum"] for s in json.loads((out / "index.json").read_text())["shards"]}
+
+
+@pytest.mark.parametrize("storage", ["zarr", "arrow"])
+def test_offline_rows_equal_online_and_failures_are_listed(
+    tmp_path: Path, samples: Path, videos: dict[str, Path], storage: str
+) -> None:
+    good = [f"sample_00{i}_{'right' if i % 2 == 0 else 'left'}.mp4" for i in range(4)]
+    rows = [(str(samples.parent / v), i % 2) for i, v in enumerate(good)]
+    rows.insert(1, (str(videos["random"]), 0))
+    rows.append((str(videos["text"]), 1))
+    config = TokenizeConfig(storage=storage, shard_size=2, sampling=SMALL, backend="decord")  # type: ignore[arg-type]
+    summary = tokenize_dataset(manifest_with(tmp_path, rows), tmp_path / "out", config)
+
+    assert (summary.videos, summary.failed, summary.clips) == (6, 2, 8)
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert [e["video"] for e in errors] == [str(videos["random"]), str(videos["text"])]
+    assert all("not a readable video" in e["reason"] for e in errors)
+
+    dataset = open_dataset(tmp_path / "out")
+    assert len(dataset) == 8
+    for k, record in enumerate(dataset):
+        online = tokenize_video(record.video, sampling=SMALL, backend="decord")
+        clip = online.tokens.clip(record.clip)
+        assert record.label == [label for p, label in rows if p == record.video][0]
+        assert np.array_equal(record.frame_indices, online.clips[record.clip].frame_indices)
+        assert np.array_equal(record.padded, online.padded[record.clip].numpy())
+        assert record.num_tokens == clip.num_tokens
+        assert np.array_equal(record.tokens, clip.tokens.numpy()), k
+        assert np.array_equal(record.positions, clip.positions.numpy())
+        assert np.array_equal(record.lengths, clip.lengths.numpy())
+
+
+def test_columns_read_only_what_is_asked(tmp_path: Path, samples: Path) -> None:
+    tokenize_dataset(samples, tmp_path / "out", CONFIG)
+    record = open_dataset(tmp_path / "out", columns=["video", "num_tokens", "lengths"])[3]
+    assert record.tokens is None and record.positions is None and record.label is None
+    assert record.lengths is not None and len(record.lengths) == record.num_tokens
+
+
+def test_rerun_is_a_no_op_and_extra_rows_are_incremental(tmp_path: Path, samples: Path) -> None:
+    lines = samples.read_text().splitlines()
+    first = tmp_path / "first.csv"
+    first.write_text("\n".join(lines[:6]) + "\n")  # header and 5 videos: shards of 2, 2, 1
+    shutil.copy(samples.parent / lines[1].split(",")[0], tmp_path)  # relative paths resolve here
+    for line in lines[1:]:
+        name = line.split(",")[0]
+        if not (tmp_path / name).exists():
+            shutil.copy(samples.parent / name, tmp_path)
+    out = tmp_path / "out"
+    summary = tokenize_dataset(first, out, CONFIG)
+    assert (summary.videos, summary.shards, summary.shards_written) == (5, 3, 3)
+    before = checksums(out)
+
+    again = tokenize_dataset(first, out, CONFIG)
+    assert again.shards_written == 0 and checksums(out) == before
+
+    full = tmp_path / "full.csv"
+    full.write_text("\n".join(lines) + "\n")  # 3 more videos
+    grown = tokenize_dataset(full, out, CONFIG)
+    assert (grown.videos, grown.shards_written) == (8, 2)
+    after = checksums(out)
+    assert {k: after[k] for k in before} == before  # old shards untouched
+    assert sorted({r.video for r in open_dataset(out, columns=["video"])}) == sorted(
+        line.split(",")[0] for line in lines[1:]
+    )
+
+
+def test_other_configuration_refuses_unless_overwrite(tmp_path: Path, samples: Path) -> None:
+    out = tmp_path / "out"
+    tokenize_dataset(samples, out, CONFIG)
+    other = TokenizeConfig(shard_size=2, sampling=SMALL, rlt=RLTConfig(threshold=0.2), backend="decord")
+    with pytest.raises(ConfigMismatchError, match=r"rlt\.threshold: 0\.1 in the dataset, 0\.2 now"):
+        tokenize_dataset(samples, out, other)
+    summary = tokenize_dataset(samples, out, other, overwrite=True)
+    assert summary.shards_written == summary.shards == 4
+    assert open_dataset(out).config["rlt"]["threshold"] == 0.2
+
+
+def test_nothing_is_written_next_to_the_videos(tmp_path: Path, samples: Path) -> None:
+    before = sorted(p.name for p in samples.parent.iterdir())
+    cwd_before = sorted(os.listdir())
+    tokenize_dataset(samples, tmp_path / "out", CONFIG)
+    assert sorted(p.name for p in samples.parent.iterdir()) == before
+    assert sorted(os.listdir()) == cwd_before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["errors.jsonl", "index.json", "plan.json", "shards"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "alter", "delete"])
+def test_a_damaged_shard_is_detected_and_named(tmp_path: Path, samples: Path, damage: str) -> None:
+    out = tmp_path / "out"
+    tokenize_dataset(samples, out, CONFIG)
+    victim = out / "shards" / "shard-00001" / "tokens" / "c" / "0" / "0"
+    data = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "alter":
+        victim.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    else:
+        victim.unlink()
+    dataset = open_dataset(out)
+    assert dataset[0].tokens is not None  # shard 0 is fine
+    with pytest.raises(CorruptShardError, match="shard-00001") as raised:
+        dataset[4]  # shard 0 holds rows 0-3 (two videos, two clips each)
+    expected = {"truncate": "truncated", "alter": "altered", "delete": "missing"}[damage]
+    assert expected in raised.value.reason
+
+
+def test_missing_or_unknown_index(tmp_path: Path, samples: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a finished rlt-prep dataset"):
+        open_dataset(tmp_path)
+    out = tmp_path / "out"
+    tokenize_dataset(samples, out, CONFIG)
+    index = json.loads((out / "index.json").read_text())
+    index["version"] = 99
+    (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="format version 99 is not supported"):
+        open_dataset(out)
+
+
+# Kill -9 and resume --------------------------------------------------------------------------------
+
+
+def run_cli(manifest: Path, out: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "rlt", "tokenize", str(manifest), str(out), "--shard-size", "1",
+               "--num-frames", "8", "--frame-interval", "2", "--clips-per-video", "2", "--size", "64",
+               "--backend", "decord", "--workers", "1"]  # fmt: skip
+    # A session of its own, so that kill -9 takes the job's embedded Ray down with it.
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def committed(out: Path) -> int:
+    shards = out / "shards"
+    return sum(1 for p in shards.iterdir() if not p.name.startswith(".")) if shards.is_dir() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_kill_nine_at_several_points_then_resume_gives_the_same_dataset(tmp_path: Path, samples: Path) -> None:
+    reference = tmp_path / "reference"
+    process = run_cli(samples, reference)
+    assert process.wait(timeout=300) == 0
+    expected = checksums(reference)
+    assert len(expected) == 8
+
+    out = tmp_path / "out"
+    for kill_after in (0, 2, 5):  # before any shard (plan only), then mid-job twice
+        process = run_cli(samples, out)
+        deadline = time.monotonic() + 240
+        while committed(out) < kill_after or not (out / "plan.json").exists():
+            assert process.poll() is None, "the job finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        assert not (out / "index.json").exists()  # a killed job never looks complete
+    summary = tokenize_dataset(samples, out, TokenizeConfig(shard_size=1, sampling=SMALL, backend="decord"))
+    assert summary.shards_written < 8  # finished shards were kept
+    assert checksums(out) == expected
+    dataset = open_dataset(out, columns=["video", "clip"])
+    keys = [(r.video, r.clip) for r in dataset]
+    assert len(keys) == len(set(keys)) == 16
