@@ -71,7 +71,7 @@ def test_offline_rows_equal_online_and_failures_are_listed(
     for k, record in enumerate(dataset):
         online = tokenize_video(record.video, sampling=SMALL, backend="decord")
         clip = online.tokens.clip(record.clip)
-        assert record.label == [label for p, label in rows if p == record.video][0]
+        assert record.label == next(label for p, label in rows if p == record.video)
         assert np.array_equal(record.frame_indices, online.clips[record.clip].frame_indices)
         assert np.array_equal(record.padded, online.padded[record.clip].numpy())
         assert record.num_tokens == clip.num_tokens
