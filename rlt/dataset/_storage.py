@@ -65,7 +65,8 @@ def _write_zarr(folder: Path, columns: dict[str, np.ndarray]) -> None:
     from zarr.codecs import ZstdCodec
 
     group = zarr.open_group(str(folder), mode="w-", zarr_format=3)
-    zstd = ZstdCodec(level=3)
+    # Level 1: 2.01x on sample tokens against 2.11x at level 3, and 1.5x faster to write (FORMAT.md).
+    zstd = ZstdCodec(level=1)
     for name, values in columns.items():
         if name == "video":
             array = group.create_array(name, shape=values.shape, dtype=str, chunks=(max(len(values), 1),))

@@ -48,6 +48,13 @@ class JobSummary:
     shards: int
     shards_written: int
     seconds: float
+    task_seconds: float = 0.0
+    work_seconds: float = 0.0
+
+    @property
+    def write_overhead(self) -> float:
+        """Time the shard tasks of this run spent writing and committing, over their decode+RLT time."""
+        return (self.task_seconds - self.work_seconds) / self.work_seconds if self.work_seconds else 0.0
 
     @property
     def kept_ratio(self) -> float:
@@ -104,6 +111,7 @@ def tokenize_dataset(
     pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
     total_videos = sum(len(s.videos) for s in specs)
     written = 0
+    task_seconds = work_seconds = 0.0
     if pending or not (out / INDEX).is_file():
         # Until the index is rewritten, the folder must not look like a finished dataset.
         (out / INDEX).unlink(missing_ok=True)
@@ -115,6 +123,8 @@ def tokenize_dataset(
             on_progress(counts)
         for result in _run_on_ray(out, pending, config, ray_address, workers, gpus_per_task):
             written += not result["skipped"]
+            task_seconds += result["seconds"]
+            work_seconds += result["work_seconds"]
             _add(counts, result["meta"])
             if on_progress:
                 on_progress(counts)
@@ -133,6 +143,8 @@ def tokenize_dataset(
         shards=len(specs),
         shards_written=written,
         seconds=time.perf_counter() - started,
+        task_seconds=task_seconds,
+        work_seconds=work_seconds,
     )
 
 

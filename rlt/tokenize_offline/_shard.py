@@ -41,7 +41,7 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig) -> dict[
     out = Path(out)
     final = shard_folder(out, spec.name)
     if final.is_dir():
-        return {"meta": read_meta(final), "seconds": 0.0, "skipped": True}
+        return {"meta": read_meta(final), "seconds": 0.0, "work_seconds": 0.0, "skipped": True}
     started = time.perf_counter()
     backend = resolve_backend(config.backend)
     device = "cuda" if backend == "dali" or (torch.cuda.is_available() and backend == "decord") else "cpu"
@@ -71,6 +71,7 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig) -> dict[
                     tokens=one.tokens.numpy(),
                 )
             )
+    work_seconds = time.perf_counter() - started  # decoding and RLT; the rest is writing and committing
     tmp = out / SHARDS / f".tmp-{spec.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
@@ -102,11 +103,16 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig) -> dict[
                 raise
             # Another attempt of this shard committed first; its bytes are the same as ours.
             shutil.rmtree(tmp)
-            return {"meta": read_meta(final), "seconds": time.perf_counter() - started, "skipped": True}
+            return {
+                "meta": read_meta(final),
+                "seconds": time.perf_counter() - started,
+                "work_seconds": work_seconds,
+                "skipped": True,
+            }
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"meta": meta, "seconds": time.perf_counter() - started, "skipped": False}
+    return {"meta": meta, "seconds": time.perf_counter() - started, "work_seconds": work_seconds, "skipped": False}
 
 
 def expected_files(storage: str) -> set[str]:
