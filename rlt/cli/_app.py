@@ -126,6 +126,9 @@ def tokenize(
         str | None, typer.Option(help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="tasks at once (default: all CPUs)")] = None,
+    gpus_per_task: Annotated[
+        float | None, typer.Option(help="GPU fraction per task (default: 0.25 where the cluster has GPUs)")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a dataset made with other options")] = False,
 ) -> None:
     """Decodes and tokenizes every video once, into a sharded Zarr or Arrow dataset, on Ray.
@@ -147,7 +150,7 @@ def tokenize(
             rlt=RLTConfig(threshold=threshold, compare=compare),  # type: ignore[arg-type]
             backend=backend,  # type: ignore[arg-type]
         )
-        summary = _run_tokenize(manifest, out, config, ray_address, workers, overwrite)
+        summary = _run_tokenize(manifest, out, config, ray_address, workers, overwrite, gpus_per_task)
     except (ValueError, FileNotFoundError) as e:  # ConfigMismatchError is a ValueError
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(code=2) from e
@@ -157,7 +160,13 @@ def tokenize(
 
 
 def _run_tokenize(
-    manifest: Path, out: Path, config: TokenizeConfig, ray_address: str | None, workers: int | None, overwrite: bool
+    manifest: Path,
+    out: Path,
+    config: TokenizeConfig,
+    ray_address: str | None,
+    workers: int | None,
+    overwrite: bool,
+    gpus_per_task: float | None = None,
 ) -> JobSummary:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -183,7 +192,14 @@ def _run_tokenize(
             )
 
         return tokenize_dataset(
-            manifest, out, config, ray_address=ray_address, workers=workers, overwrite=overwrite, on_progress=update
+            manifest,
+            out,
+            config,
+            ray_address=ray_address,
+            workers=workers,
+            overwrite=overwrite,
+            gpus_per_task=gpus_per_task,
+            on_progress=update,
         )
 
 
