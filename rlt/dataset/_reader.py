@@ -21,6 +21,12 @@ INDEX = "index.json"
 SHARDS = "shards"
 
 
+# Shards whose checksum this process has recomputed: (folder, checksum). Training reads every shard
+# each epoch, often from several worker processes; hashing each shard once per process is enough to
+# catch a truncated or altered file before its rows are used.
+_verified: set[tuple[str, str]] = set()
+
+
 class CorruptShardError(OSError):
     """A shard's files do not match the checksum its index records.
 
@@ -101,7 +107,7 @@ class TokenDataset:
         root: the dataset folder (``OUT`` of `rlt-prep tokenize`).
         columns: the fields to read; the others come back as None. Reading no ``tokens`` reads no
             pixels at all.
-        verify: check each shard's checksum the first time it is opened.
+        verify: check each shard's checksum the first time this process opens it.
     """
 
     def __init__(self, root: str | Path, *, columns: Sequence[str] | None = None, verify: bool = True) -> None:
@@ -144,8 +150,9 @@ class TokenDataset:
         if k not in self._readers:
             info = self.shards[k]
             folder = self.root / SHARDS / info.name
-            if self.verify:
+            if self.verify and (str(folder), info.checksum) not in _verified:
                 verify_shard(folder, info.checksum)
+                _verified.add((str(folder), info.checksum))
             reader = ShardReader(folder, self.storage)
             if reader.rows != info.rows:
                 raise CorruptShardError(folder, f"holds {reader.rows} rows, the index says {info.rows}")

@@ -1,0 +1,144 @@
+"""The streaming loader: token budgets, exactly-once partitions, determinism, exact resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlt import open_dataset
+from rlt.dataset import CorruptShardError
+from rlt.pipeline import ClipSampling
+from rlt.samples import make_samples
+from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
+from rlt.train import TokenLoader, TokenStream
+
+MAX_TOKENS = 120
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 clips in 4 shards, built once by the real job on an embedded Ray."""
+    import ray
+
+    folder = tmp_path_factory.mktemp("loader")
+    manifest = make_samples(folder / "videos", num_videos=8, num_frames=24, height=64, width=96)
+    sampling = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024, logging_level="ERROR")
+    try:
+        tokenize_dataset(manifest, folder / "out", TokenizeConfig(shard_size=2, sampling=sampling, backend="decord"))
+    finally:
+        ray.shutdown()
+    return folder / "out"
+
+
+def keys(batches: list) -> list[list[tuple[str, int]]]:
+    return [list(zip(b.videos, b.clip_ids, strict=True)) for b in batches]
+
+
+def test_batches_respect_the_token_budget_and_match_the_dataset(dataset: Path) -> None:
+    rows = {(r.video, r.clip): r for r in open_dataset(dataset)}
+    batches = list(TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=1)))
+    assert sum(b.num_clips for b in batches) == len(rows) == 16
+    for batch in batches:
+        assert batch.num_tokens <= MAX_TOKENS
+        assert batch.cu_seqlens[-1] == batch.num_tokens and batch.cu_seqlens.dtype == torch.int32
+        assert batch.tokens.dtype == torch.uint8 and batch.positions.shape == (batch.num_tokens, 3)
+        for k, key in enumerate(zip(batch.videos, batch.clip_ids, strict=True)):
+            a, b = int(batch.cu_seqlens[k]), int(batch.cu_seqlens[k + 1])
+            assert np.array_equal(batch.tokens[a:b].numpy(), rows[key].tokens)
+            assert np.array_equal(batch.lengths[a:b].numpy(), rows[key].lengths)
+            assert batch.labels[k] == rows[key].label
+
+
+def test_a_clip_over_the_budget_is_an_error(dataset: Path) -> None:
+    with pytest.raises(ValueError, match="more than max_tokens=5; raise max_tokens"):
+        TokenStream(dataset, max_tokens=5).plan()
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_every_clip_once_across_two_ranks_and_two_workers(dataset: Path, shuffle: bool) -> None:
+    seen = []
+    for rank in range(2):
+        stream = TokenStream(dataset, max_tokens=MAX_TOKENS, shuffle=shuffle, rank=rank, world_size=2)
+        for batch in TokenLoader(stream, num_workers=2):
+            seen += list(zip(batch.videos, batch.clip_ids, strict=True))
+    assert len(seen) == len(set(seen)) == 16
+
+
+def test_same_batches_whatever_the_number_of_workers(dataset: Path) -> None:
+    runs = [
+        keys(list(TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=3), num_workers=w))) for w in (0, 1, 2)
+    ]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch(dataset: Path) -> None:
+    def order(seed: int, epoch: int) -> list[int]:
+        stream = TokenStream(dataset, max_tokens=MAX_TOKENS, seed=seed, shuffle_buffer=4)
+        return np.concatenate(stream.plan(epoch)).tolist()
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
+    assert sorted(order(0, 0)) == list(range(16))
+    unshuffled = TokenStream(dataset, max_tokens=MAX_TOKENS, shuffle=False)
+    assert np.concatenate(unshuffled.plan(0)).tolist() == list(range(16))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("stop", [0, 1, 3, 7])
+def test_resume_gives_exactly_the_remaining_batches(dataset: Path, shuffle: bool, stop: int) -> None:
+    def loader() -> TokenLoader:
+        return TokenLoader(TokenStream(dataset, max_tokens=60, shuffle=shuffle, seed=5), num_workers=2)
+
+    full = loader()
+    epoch0, epoch1 = list(full), list(full)  # two epochs, uninterrupted
+    reference = epoch0 + epoch1
+    assert keys(epoch0) != keys(epoch1) or not shuffle
+
+    first = loader()
+    batches = iter(first)
+    taken = [next(batches) for _ in range(stop)]  # a killed run had trained on these
+    state = first.state_dict()
+    del batches
+    assert state == {**state, "version": 1, "epoch": 0, "batches": stop}
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = list(resumed) + list(resumed)  # the rest of epoch 0, then epoch 1
+    assert keys(taken + rest) == keys(reference)
+    for a, b in zip(taken + rest, reference, strict=True):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.positions, b.positions)
+
+
+def test_state_from_another_configuration_is_refused(dataset: Path) -> None:
+    state = TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=1)).state_dict()
+    with pytest.raises(ValueError, match="seed=1"):
+        TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=2)).load_state_dict(state)
+    with pytest.raises(ValueError, match="version"):
+        TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS)).load_state_dict({**state, "version": 99})
+
+
+def test_corrupt_shard_raises_with_its_name_or_is_skipped_and_counted(tmp_path: Path, dataset: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    victim = copy / "shards" / "shard-00002" / "tokens" / "c" / "0" / "0"
+    victim.write_bytes(victim.read_bytes()[:-10])
+    with pytest.raises(CorruptShardError, match="shard-00002"):
+        list(TokenLoader(TokenStream(copy, max_tokens=MAX_TOKENS, shuffle=False)))
+    stream = TokenStream(copy, max_tokens=MAX_TOKENS, shuffle=False, on_error="skip")
+    batches = list(TokenLoader(stream))
+    assert sum(b.num_clips for b in batches) == 12
+    assert stream.skipped_shards == [str(copy / "shards" / "shard-00002")] and stream.skipped_clips == 4
+    assert all(not v.startswith(("sample_004", "sample_005")) for b in batches for v in b.videos)
+
+
+@pytest.mark.needs_cuda
+def test_batches_come_pinned_for_non_blocking_copies(dataset: Path) -> None:
+    batch = next(iter(TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS), num_workers=1)))
+    assert batch.tokens.is_pinned() and batch.cu_seqlens.is_pinned()
+    assert batch.to("cuda", non_blocking=True).tokens.device.type == "cuda"
