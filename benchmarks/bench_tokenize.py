@@ -9,7 +9,7 @@ Generated H.264 sample videos (96 frames, 240p by default), 2 clips of 16x4 at 2
 
 and the bytes per clip on disk, against the dense uint8 clip and the source video.
 
-    python benchmarks/bench_tokenize.py [--videos 192] [--shard-size 16] [--format zarr|arrow] [--height 240]
+    python benchmarks/bench_tokenize.py [--videos 192] [--shard-size 16] [--format arrow|zarr] [--height 240]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--height", type=int, default=240, help="source video height (width is 4:3 at 240, 16:9 above)")
-    parser.add_argument("--format", default="zarr")
+    parser.add_argument("--format", default="arrow")
     args = parser.parse_args()
     import ray
 

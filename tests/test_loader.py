@@ -126,7 +126,8 @@ def test_corrupt_shard_raises_with_its_name_or_is_skipped_and_counted(tmp_path: 
 
     copy = tmp_path / "copy"
     shutil.copytree(dataset, copy)
-    victim = copy / "shards" / "shard-00002" / "tokens" / "c" / "0" / "0"
+    shard = copy / "shards" / "shard-00002"
+    victim = max((p for p in shard.rglob("*") if p.is_file() and p.name != "meta.json"), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[:-10])
     with pytest.raises(CorruptShardError, match="shard-00002"):
         list(TokenLoader(TokenStream(copy, max_tokens=MAX_TOKENS, shuffle=False)))
@@ -142,3 +143,9 @@ def test_batches_come_pinned_for_non_blocking_copies(dataset: Path) -> None:
     batch = next(iter(TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS), num_workers=1)))
     assert batch.tokens.is_pinned() and batch.cu_seqlens.is_pinned()
     assert batch.to("cuda", non_blocking=True).tokens.device.type == "cuda"
+
+
+def test_a_small_shuffle_buffer_holds_few_shards_and_still_yields_every_clip(dataset: Path) -> None:
+    stream = TokenStream(dataset, max_tokens=MAX_TOKENS, shuffle_buffer=2, seed=9)  # 3 of 4 shards held
+    seen = [key for batch in TokenLoader(stream) for key in zip(batch.videos, batch.clip_ids, strict=True)]
+    assert len(seen) == len(set(seen)) == 16

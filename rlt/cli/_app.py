@@ -113,7 +113,9 @@ EXIT_SOME_FAILED = 3
 def tokenize(
     manifest: Annotated[Path, typer.Argument(help="CSV of path,label (paths relative to its folder)")],
     out: Annotated[Path, typer.Argument(help="dataset folder; nothing is written outside it")],
-    format: Annotated[str, typer.Option("--format", help="zarr | arrow")] = "zarr",
+    format: Annotated[
+        str, typer.Option("--format", help="arrow (fastest to write and read) | zarr (2x smaller)")
+    ] = "arrow",
     shard_size: Annotated[int, typer.Option(help="videos per shard")] = 64,
     clips_per_video: Annotated[int, typer.Option(help="clips per video (K)")] = 1,
     threshold: Annotated[float, typer.Option(help="RLT threshold (ImageNet-normalised units)")] = 0.1,

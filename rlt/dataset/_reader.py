@@ -108,10 +108,14 @@ class TokenDataset:
         columns: the fields to read; the others come back as None. Reading no ``tokens`` reads no
             pixels at all.
         verify: check each shard's checksum the first time this process opens it.
+        preload: read a Zarr shard's per-token arrays whole when first used (see `ShardReader`).
     """
 
-    def __init__(self, root: str | Path, *, columns: Sequence[str] | None = None, verify: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, *, columns: Sequence[str] | None = None, verify: bool = True, preload: bool = False
+    ) -> None:
         self.root = Path(root)
+        self.preload = preload
         self.index = read_index(self.root)
         self.columns = tuple(columns) if columns is not None else FIELDS
         unknown = [c for c in self.columns if c not in FIELDS]
@@ -153,11 +157,18 @@ class TokenDataset:
             if self.verify and (str(folder), info.checksum) not in _verified:
                 verify_shard(folder, info.checksum)
                 _verified.add((str(folder), info.checksum))
-            reader = ShardReader(folder, self.storage)
+            try:
+                reader = ShardReader(folder, self.storage, preload=self.preload)
+            except Exception as e:  # pyarrow and zarr raise their own types for unreadable files
+                raise CorruptShardError(folder, f"unreadable ({type(e).__name__}: {e})") from e
             if reader.rows != info.rows:
                 raise CorruptShardError(folder, f"holds {reader.rows} rows, the index says {info.rows}")
             self._readers[k] = reader
         return self._readers[k]
+
+    def release(self, k: int) -> None:
+        """Drops shard ``k``'s reader and whatever it holds in memory."""
+        self._readers.pop(k, None)
 
     def __repr__(self) -> str:
         return (

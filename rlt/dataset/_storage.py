@@ -120,10 +120,16 @@ def _write_arrow(path: Path, columns: dict[str, np.ndarray], token_dim: int) -> 
 
 
 class ShardReader:
-    """Reads rows of one committed shard, only the fields asked for."""
+    """Reads rows of one committed shard, only the fields asked for.
 
-    def __init__(self, folder: Path, storage: Storage) -> None:
-        self.folder, self.storage = folder, storage
+    Args:
+        preload: for Zarr, decompress the per-token arrays (tokens, positions, lengths) whole on
+            first use and serve rows from memory. Zarr's cost per read dominates when a loader takes
+            many clips from a shard; Arrow is memory-mapped and needs no preloading.
+    """
+
+    def __init__(self, folder: Path, storage: Storage, *, preload: bool = False) -> None:
+        self.folder, self.storage, self.preload = folder, storage, preload
         if storage == "zarr":
             import zarr
 
@@ -158,8 +164,12 @@ class ShardReader:
             if name == "num_tokens":
                 values[name] = end - start
             elif name in ("positions", "lengths", "tokens"):
-                per_token = self._group[name] if self.storage == "zarr" else None
-                values[name] = per_token[start:end] if per_token is not None else self._arrow_values(name, row, row + 1)
+                if self.storage == "arrow":
+                    values[name] = self._arrow_values(name, row, row + 1)
+                elif self.preload:
+                    values[name] = self.column(name)[start:end]
+                else:
+                    values[name] = self._group[name][start:end]
             elif self.storage == "zarr":
                 values[name] = self.column(name)[row]
             else:

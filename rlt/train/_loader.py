@@ -13,6 +13,8 @@ Shape legend: N tokens in a batch, D values per token, B clips in a batch, G tub
 from __future__ import annotations
 
 import logging
+import math
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,14 +121,27 @@ class TokenStream(IterableDataset):
         self.max_tokens, self.shuffle, self.seed, self.shuffle_buffer = max_tokens, shuffle, seed, shuffle_buffer
         self.on_error = on_error
         self.rank, self.world_size = _rank_and_world(rank, world_size)
-        # Metadata only: token counts per clip, read from the index's shards without verifying pixels.
-        dataset = TokenDataset(self.root, columns=["num_tokens"], verify=False)
-        self._shard_rows = [s.rows for s in dataset.shards]
-        self._counts = [dataset.shard(k).column("num_tokens").astype(np.int64) for k in range(len(dataset.shards))]
         self.epoch = 0
         self.start_batch = 0  # batches of this epoch already consumed (set by load_state_dict)
+        # Counted in this process; DataLoader workers log theirs.
         self.skipped_shards: list[str] = []
         self.skipped_clips = 0
+        # Metadata only: token counts per clip, read from the index's shards without hashing pixels.
+        dataset = TokenDataset(self.root, columns=["num_tokens"], verify=False)
+        self._shard_rows = [s.rows for s in dataset.shards]
+        self._counts = []
+        self._bad: set[int] = set()
+        for k, info in enumerate(dataset.shards):
+            try:
+                self._counts.append(dataset.shard(k).column("num_tokens").astype(np.int64))
+            except CorruptShardError as e:
+                if on_error == "raise":
+                    raise
+                log.warning("skipping corrupt shard %s", e)
+                self._bad.add(k)
+                self.skipped_shards.append(e.shard)
+                self.skipped_clips += info.rows
+                self._counts.append(np.zeros(info.rows, dtype=np.int64))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -135,9 +150,16 @@ class TokenStream(IterableDataset):
     def plan(self, epoch: int | None = None) -> list[np.ndarray]:
         """This rank's batches for ``epoch``: each an array of global clip indices."""
         epoch = self.epoch if epoch is None else epoch
-        order = self._order(epoch)[self.rank :: self.world_size]
+        order = self._order(epoch)
+        if self._bad:
+            starts = np.cumsum([0, *self._shard_rows])
+            shard_of = np.searchsorted(starts, order, side="right") - 1
+            order = order[~np.isin(shard_of, list(self._bad))]
+        order = order[self.rank :: self.world_size]
         counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
-        batches, current, used = [], [], 0
+        batches: list[np.ndarray] = []
+        current: list[int] = []
+        used = 0
         for clip in order.tolist():
             n = int(counts[clip])
             if n > self.max_tokens:
@@ -164,7 +186,7 @@ class TokenStream(IterableDataset):
         if not self.shuffle:
             return np.arange(starts[-1], dtype=np.int64)
         rng = np.random.default_rng([self.seed, epoch])
-        stream = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in rng.permutation(shards)] or [[]])
+        stream = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in rng.permutation(shards)])
         # A shuffle buffer: fill it, then emit a random slot and refill it with the next clip.
         out = np.empty(len(stream), dtype=np.int64)
         buffer: list[int] = []
@@ -183,9 +205,12 @@ class TokenStream(IterableDataset):
     def __iter__(self) -> Iterator[TokenBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        dataset = TokenDataset(self.root, verify=True)
+        dataset = TokenDataset(self.root, verify=True, preload=True)
         starts = np.cumsum([0, *self._shard_rows])
-        bad: set[int] = set()
+        bad = set(self._bad)
+        # Shards held in memory: enough for the shuffle buffer's span, least recently used dropped.
+        capacity = 2 + math.ceil(self.shuffle_buffer / max(min(self._shard_rows, default=1), 1))
+        recent: OrderedDict[int, None] = OrderedDict()
         for i, clips in enumerate(self.plan()):
             # Counted from the resume point: the DataLoader asks worker 0 first, every time.
             if i < self.start_batch or (i - self.start_batch) % workers != worker:
@@ -196,6 +221,10 @@ class TokenStream(IterableDataset):
                 if shard in bad:
                     self.skipped_clips += 1
                     continue
+                recent[shard] = None
+                recent.move_to_end(shard)
+                if len(recent) > capacity:
+                    dataset.release(recent.popitem(last=False)[0])
                 try:
                     records.append(dataset.shard(shard).read(clip - int(starts[shard]), dataset.columns))
                 except CorruptShardError as e:
