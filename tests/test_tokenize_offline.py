@@ -214,3 +214,17 @@ def test_kill_nine_at_several_points_then_resume_gives_the_same_dataset(tmp_path
     dataset = open_dataset(out, columns=["video", "clip"])
     keys = [(r.video, r.clip) for r in dataset]
     assert len(keys) == len(set(keys)) == 16
+
+
+@pytest.mark.parametrize("storage", ["zarr", "arrow"])
+def test_format_md_examples_read_the_dataset_with_plain_libraries(tmp_path: Path, samples: Path, storage: str) -> None:
+    import re
+
+    out = tmp_path / "out"
+    tokenize_dataset(samples, out, TokenizeConfig(storage=storage, shard_size=2, sampling=SMALL, backend="decord"))  # type: ignore[arg-type]
+    spec = (Path(__file__).resolve().parents[1] / "rlt" / "dataset" / "FORMAT.md").read_text()
+    zarr_example, arrow_example = re.findall(r"```python\n(.*?)```", spec, re.S)
+    scope: dict[str, object] = {}
+    exec((zarr_example if storage == "zarr" else arrow_example).replace("OUT", str(out)), scope)
+    pixels = scope["tokens"] if storage == "zarr" else scope["pixels"]
+    assert np.array_equal(pixels, open_dataset(out)[0].tokens)  # type: ignore[arg-type]

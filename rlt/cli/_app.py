@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -100,6 +101,13 @@ def demo(
     _print_summary(summary)
     reread = open_dataset(dataset, columns=["num_tokens"])
     console.print(f"read back with rlt.open_dataset: {len(reread)} clips, checksums verified")
+
+    console.rule("[bold]4. rlt-prep stats")
+    from rlt.stats import dataset_stats, print_report, write_html
+
+    report = dataset_stats(dataset)
+    print_report(report, console)
+    console.print(f"HTML report: {write_html(report, out / 'stats.html')}")
     console.rule(f"done in {time.perf_counter() - started:.1f}s")
     if pipeline.errors or summary.failed:
         raise typer.Exit(code=1)
@@ -215,6 +223,54 @@ def _print_summary(s: JobSummary) -> None:
     console.print(table)
     if s.failed:
         console.print(f"[yellow]{s.failed} videos failed[/yellow]: see {s.out / 'errors.jsonl'}")
+
+
+@app.command()
+def stats(
+    dataset: Annotated[Path | None, typer.Argument(help="a dataset written by `rlt-prep tokenize`")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON here")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="write a self-contained HTML report here")] = None,
+    by: Annotated[str | None, typer.Option(help="group the kept tokens by: label")] = "label",
+    videos: Annotated[Path | None, typer.Option(help="calibrate on raw videos of this manifest instead")] = None,
+    sample: Annotated[int, typer.Option(help="videos sampled with --videos")] = 32,
+    thresholds: Annotated[str, typer.Option(help="comma-separated thresholds for --videos")] = "0.05,0.1,0.2",
+    target_reduction: Annotated[
+        float | None, typer.Option(help="with --videos: find the threshold that removes this share of tokens")
+    ] = None,
+    compare: Annotated[str, typer.Option(help="previous | run_start (with --videos)")] = "previous",
+    backend: Backend = "auto",
+) -> None:
+    """Reports token reduction, run lengths and predicted speed-up of a dataset, or calibrates the
+    threshold on raw videos (--videos)."""
+    from rlt.stats import dataset_stats, print_report, print_sweep, threshold_sweep, write_html
+
+    if (dataset is None) == (videos is None):
+        console.print("[red]error:[/red] give either DATASET or --videos MANIFEST")
+        raise typer.Exit(code=2)
+    try:
+        if videos is not None:
+            report = threshold_sweep(
+                videos,
+                thresholds=tuple(float(t) for t in thresholds.split(",") if t.strip()),
+                sample=sample,
+                target_reduction=target_reduction,
+                rlt=RLTConfig(compare=compare),  # type: ignore[arg-type]
+                backend=backend,  # type: ignore[arg-type]
+            )
+            print_sweep(report, console)
+        elif dataset is not None:
+            if by not in (None, "label"):
+                raise ValueError(f"--by must be 'label', got {by!r}")
+            report = dataset_stats(dataset, by=by)
+            print_report(report, console)
+            if html_out:
+                console.print(f"HTML report: {write_html(report, html_out)}")
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from e
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+        console.print(f"JSON report: {json_out}")
 
 
 @app.command()

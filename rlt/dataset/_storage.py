@@ -12,7 +12,9 @@ from rlt.dataset._record import ClipRecord
 
 Storage = Literal["zarr", "arrow"]
 STORAGES = ("zarr", "arrow")
+# Arrow shards keep the pixels apart, so that reading metadata never pages pixels in.
 ARROW_FILE = "clips.arrow"
+ARROW_TOKENS_FILE = "tokens.arrow"
 ZARR_ARRAYS = ("video", "label", "clip", "frame_indices", "padded", "token_offsets", "positions", "lengths", "tokens")
 # Tokens per Zarr chunk, and per Zarr shard (the file that holds many chunks).
 TOKEN_CHUNK = 256
@@ -32,7 +34,7 @@ def write_rows(
     if storage == "zarr":
         _write_zarr(folder, columns)
     elif storage == "arrow":
-        _write_arrow(folder / ARROW_FILE, columns, token_dim)
+        _write_arrow(folder, columns, token_dim)
     else:
         raise ValueError(f"storage must be one of {', '.join(map(repr, STORAGES))}, got {storage!r}")
 
@@ -86,7 +88,7 @@ def _write_zarr(folder: Path, columns: dict[str, np.ndarray]) -> None:
             array[...] = values
 
 
-def _write_arrow(path: Path, columns: dict[str, np.ndarray], token_dim: int) -> None:
+def _write_arrow(folder: Path, columns: dict[str, np.ndarray], token_dim: int) -> None:
     import pyarrow as pa
 
     offsets = pa.array(columns["token_offsets"].astype(np.int32))
@@ -112,11 +114,12 @@ def _write_arrow(path: Path, columns: dict[str, np.ndarray], token_dim: int) -> 
             "num_tokens": pa.array(np.diff(columns["token_offsets"]).astype(np.int32)),
             "positions": fixed_lists(columns["positions"], 3, pa.int16()),
             "lengths": pa.ListArray.from_arrays(offsets, pa.array(columns["lengths"], type=pa.int16())),
-            "tokens": fixed_lists(columns["tokens"], token_dim, pa.uint8()),
         }
     )
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+    tokens = pa.table({"tokens": fixed_lists(columns["tokens"], token_dim, pa.uint8())})
+    for name, part in ((ARROW_FILE, table), (ARROW_TOKENS_FILE, tokens)):
+        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_file(sink, part.schema) as writer:
+            writer.write_table(part)
 
 
 class ShardReader:
@@ -139,12 +142,11 @@ class ShardReader:
             self.rows = len(self._offsets) - 1
             self._cache: dict[str, np.ndarray] = {}
         else:
-            import pyarrow as pa
-
-            self._table = pa.ipc.open_file(pa.memory_map(str(folder / ARROW_FILE))).read_all().combine_chunks()
+            self._table = _open_arrow(folder / ARROW_FILE)
+            self._tokens_table: Any = None  # opened on the first read of pixels
             self.rows = self._table.num_rows
             self._offsets = (
-                self._table.column("tokens").chunk(0).offsets.to_numpy() if self.rows else np.zeros(1, np.int64)
+                self._table.column("lengths").chunk(0).offsets.to_numpy() if self.rows else np.zeros(1, np.int64)
             )
 
     def column(self, name: str) -> np.ndarray:
@@ -182,7 +184,12 @@ class ShardReader:
         return ClipRecord(**values)
 
     def _arrow_values(self, name: str, start: int, end: int) -> np.ndarray:
-        column = self._table.column(name).chunk(0)
+        if name == "tokens":
+            if self._tokens_table is None:
+                self._tokens_table = _open_arrow(self.folder / ARROW_TOKENS_FILE)
+            column = self._tokens_table.column(name).chunk(0)
+        else:
+            column = self._table.column(name).chunk(0)
         if name in ("video",):
             return np.array(column.slice(start, end - start).to_pylist(), dtype=object)
         if name in ("label", "clip", "num_tokens"):
@@ -200,3 +207,9 @@ class ShardReader:
         if name in ("frame_indices", "padded"):
             return values.reshape(end - start, -1)
         return values
+
+
+def _open_arrow(path: Path) -> Any:
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all().combine_chunks()
