@@ -14,7 +14,7 @@ from rlt.dataset._reader import (
     verify_shard,
 )
 from rlt.dataset._record import FIELDS, ClipRecord
-from rlt.dataset._storage import STORAGES, ShardReader, Storage, write_rows
+from rlt.dataset._storage import STORAGES, ShardReader, Storage, expected_files, write_rows
 
 __all__ = [
     "FIELDS",
@@ -31,6 +31,7 @@ __all__ = [
     "Storage",
     "TokenDataset",
     "checksum",
+    "expected_files",
     "file_list",
     "fsync_tree",
     "open_dataset",

@@ -122,6 +122,13 @@ def _write_arrow(folder: Path, columns: dict[str, np.ndarray], token_dim: int) -
             writer.write_table(part)
 
 
+def expected_files(storage: Storage) -> set[str]:
+    """Files every shard of this storage has, whatever its rows (a writer checks them before commit)."""
+    if storage == "arrow":
+        return {ARROW_FILE, ARROW_TOKENS_FILE}
+    return {"zarr.json"} | {f"{array}/zarr.json" for array in ZARR_ARRAYS}
+
+
 class ShardReader:
     """Reads rows of one committed shard, only the fields asked for.
 

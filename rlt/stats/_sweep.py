@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rlt.pipeline import Backend, ClipSampling, RLTConfig, read_manifest, tokenize_video
-from rlt.pipeline._errors import VideoDecodeError
+from rlt.pipeline import Backend, ClipSampling, RLTConfig, VideoDecodeError, read_manifest, tokenize_video
 
 
 def threshold_sweep(

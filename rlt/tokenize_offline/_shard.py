@@ -18,8 +18,17 @@ from typing import Any
 
 import torch
 
-from rlt.dataset import META, SHARDS, ClipRecord, checksum, file_list, fsync_tree, write_json_atomic, write_rows
-from rlt.dataset._storage import ARROW_FILE, ARROW_TOKENS_FILE, ZARR_ARRAYS
+from rlt.dataset import (
+    META,
+    SHARDS,
+    ClipRecord,
+    checksum,
+    expected_files,
+    file_list,
+    fsync_tree,
+    write_json_atomic,
+    write_rows,
+)
 from rlt.pipeline import VideoDecodeError, resolve_backend, tokenize_video
 from rlt.tokenize_offline._config import TokenizeConfig
 
@@ -113,13 +122,6 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig) -> dict[
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"meta": meta, "seconds": time.perf_counter() - started, "work_seconds": work_seconds, "skipped": False}
-
-
-def expected_files(storage: str) -> set[str]:
-    """Files every shard of this storage has, whatever its rows."""
-    if storage == "arrow":
-        return {ARROW_FILE, ARROW_TOKENS_FILE}
-    return {"zarr.json"} | {f"{array}/zarr.json" for array in ZARR_ARRAYS}
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
