@@ -1,0 +1,93 @@
+"""The packed ViT: packing never changes a clip's logits; VideoMAE weights load into it."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from rlt import run_length_tokenize
+from rlt.train import PRESETS, VideoViT, load_videomae_state_dict, tiny, vit_b
+from tests.clips import batch
+from tests.conftest import DEVICES
+
+
+def model_and_batch(run_lengths: bool = False) -> tuple[VideoViT, object]:
+    torch.manual_seed(0)
+    config = tiny(5, num_frames=8, image_size=32, patch_size=8, run_length_embedding=run_lengths)
+    clips = torch.from_numpy(batch(["moving_square", "jitter", "static"], seed=1, t=8, h=32, w=32))
+    return VideoViT(config).eval(), run_length_tokenize(clips, patch_size=8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("run_lengths", [False, True])
+def test_a_packed_batch_gives_each_clip_its_own_logits(device: str, run_lengths: bool) -> None:
+    model, packed = model_and_batch(run_lengths)
+    model, packed = model.to(device), packed.to(device)
+    with torch.no_grad():
+        together = model(packed.tokens, packed.positions, packed.lengths, packed.cu_seqlens)
+        for b in range(packed.num_clips):
+            one = packed.clip(b)
+            alone = model(one.tokens, one.positions, one.lengths, one.cu_seqlens)
+            torch.testing.assert_close(together[b : b + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_no_token_attends_to_another_clip() -> None:
+    model, packed = model_and_batch()
+    with torch.no_grad():
+        before = model(packed.tokens, packed.positions, packed.lengths, packed.cu_seqlens)
+        tokens = packed.tokens.clone()
+        start = int(packed.cu_seqlens[1])
+        tokens[start:] = 255 - tokens[start:]  # change every clip but the first
+        after = model(tokens, packed.positions, packed.lengths, packed.cu_seqlens)
+    torch.testing.assert_close(after[0], before[0])
+    assert not torch.allclose(after[1:], before[1:])
+
+
+def test_run_length_embedding_follows_each_token() -> None:
+    model, packed = model_and_batch(run_lengths=True)
+    with torch.no_grad():
+        base = model(packed.tokens, packed.positions, packed.lengths, packed.cu_seqlens)
+        longer = model(packed.tokens, packed.positions, packed.lengths + 1, packed.cu_seqlens)
+    assert not torch.allclose(base, longer)
+
+
+def test_videomae_state_dict_loads_and_its_tubelet_embedding_is_preserved() -> None:
+    config = tiny(7, num_frames=8, image_size=32, patch_size=8)
+    source = VideoViT(config)
+    conv = nn.Conv3d(3, config.width, kernel_size=(2, 8, 8), stride=(2, 8, 8))
+    state = {f"module.{k}": v for k, v in source.state_dict().items() if not k.startswith("patch_embed")}
+    state["module.patch_embed.proj.weight"] = conv.weight.detach().clone()
+    state["module.patch_embed.proj.bias"] = conv.bias.detach().clone()
+    state["module.pos_embed"] = torch.zeros(1, 4 * 4 * 4, config.width)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, map_location="cpu", weights_only=True)
+
+    model = VideoViT(config)
+    load_videomae_state_dict(model, loaded)
+    # The linear map of (t, y, x, c) token pixels equals VideoMAE's Conv3d on the normalised clip.
+    clip = torch.from_numpy(batch(["jitter"], seed=2, t=8, h=32, w=32))
+    packed = run_length_tokenize(clip, patch_size=8, drop_policy="none")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)
+    x = (clip.permute(0, 4, 1, 2, 3).float() / 255 - mean) / std
+    with torch.no_grad():
+        expected = conv(x).flatten(2).transpose(1, 2)[0]  # [G*h*w, d] in (t, h, w) order
+        tokens = packed.tokens.float() * model.pixel_scale + model.pixel_shift
+        torch.testing.assert_close(model.patch_embed(tokens), expected, rtol=1e-4, atol=1e-4)
+    for key in ("blocks.1.attn.q_bias", "head.weight", "fc_norm.bias"):
+        torch.testing.assert_close(model.state_dict()[key], source.state_dict()[key])
+    with pytest.raises(ValueError, match="unexpected"):
+        load_videomae_state_dict(model, {**loaded, "decoder.weight": torch.zeros(1)})
+
+
+def test_presets_have_videomae_dimensions() -> None:
+    assert set(PRESETS) == {"tiny", "vit_s", "vit_b", "vit_l", "vit_h"}
+    config = vit_b(400)
+    assert (config.width, config.depth, config.heads) == (768, 12, 12)
+    parameters = sum(p.numel() for p in VideoViT(config).parameters())
+    assert 86e6 < parameters < 88e6  # VideoMAE ViT-B with a 400-class head: ~87M
