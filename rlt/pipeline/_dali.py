@@ -48,16 +48,12 @@ def decode_dali(
     supported = DALI_GPU_CODECS if gpu else DALI_CPU_CODECS
     results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(infos)
     todo = []
-    for k, (info, indices) in enumerate(zip(infos, frame_indices, strict=True)):
+    for k, info in enumerate(infos):
         if info.codec not in supported:
             results[k] = VideoDecodeError(
                 info.path, unsupported_codec_reason(info.codec, "dali" if gpu else "dali-cpu")
             )
-        elif indices.size and int(indices.max()) >= info.num_frames:
-            results[k] = VideoDecodeError(
-                info.path, f"frame {int(indices.max())} asked for, but the video has {info.num_frames} frames"
-            )
-        else:
+        else:  # indices were checked against the probed frame count by the caller, `decode_batch`
             todo.append(k)
     if todo:
         decoded: list[torch.Tensor | VideoDecodeError] = []
