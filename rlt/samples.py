@@ -16,6 +16,8 @@ from typing import Literal
 
 import numpy as np
 
+from rlt._checks import check_choice
+
 Codec = Literal["h264", "vp9", "mjpeg"]
 _CONTAINER = {"h264": ".mp4", "vp9": ".webm", "mjpeg": ".avi"}
 _ENCODER = {"h264": "libx264", "vp9": "libvpx-vp9", "mjpeg": "mjpeg"}
@@ -105,8 +107,7 @@ def write_video(
     """
     import av
 
-    if codec not in _ENCODER:
-        raise ValueError(f"codec must be one of {', '.join(map(repr, _ENCODER))}, got {codec!r}")
+    check_choice("codec", codec, _ENCODER)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = list(frames_THWC)

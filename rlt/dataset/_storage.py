@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rlt._checks import check_choice
 from rlt.dataset._record import ClipRecord
 
 Storage = Literal["zarr", "arrow"]
@@ -36,7 +37,7 @@ def write_rows(
     elif storage == "arrow":
         _write_arrow(folder, columns, token_dim)
     else:
-        raise ValueError(f"storage must be one of {', '.join(map(repr, STORAGES))}, got {storage!r}")
+        check_choice("storage", storage, STORAGES)
 
 
 def _columns(rows: Sequence[ClipRecord], token_dim: int, grid: tuple[int, int]) -> dict[str, np.ndarray]:

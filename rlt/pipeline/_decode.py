@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from rlt._checks import check_choice
 from rlt.pipeline._dali import DALI_GPU_CODECS, decode_dali
 from rlt.pipeline._decord import decode_decord
 from rlt.pipeline._errors import VideoDecodeError
@@ -26,8 +27,7 @@ BACKENDS = ("auto", "dali", "dali-cpu", "decord")
 def resolve_backend(backend: Backend) -> Literal["dali", "dali-cpu", "decord"]:
     """The concrete backend for ``backend``: ``"auto"`` is DALI on the GPU when CUDA and DALI are
     there, else decord."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
     if backend == "auto":
         return "dali" if torch.cuda.is_available() and _dali_installed() else "decord"
     if backend == "dali" and not torch.cuda.is_available():

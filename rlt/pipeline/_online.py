@@ -17,12 +17,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from rlt._checks import check_choice
 from rlt.pipeline._decode import Backend, decode_batch, resolve_backend
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import ManifestRow, read_manifest
 from rlt.pipeline._packed import PackedTokens
 from rlt.pipeline._probe import VideoInfo, probe
-from rlt.pipeline._rlt import Compare, DropPolicy, ThresholdUnits, run_length_tokenize
+from rlt.pipeline._rlt import _COMPARE, _DROP_POLICY, _UNITS, Compare, DropPolicy, ThresholdUnits, run_length_tokenize
 from rlt.pipeline._sampling import ClipIndices, ClipSampling, sample_clips
 from rlt.pipeline._transforms import resize_and_crop
 
@@ -50,13 +51,9 @@ class RLTConfig:
             raise ValueError(f"patch_size must be an int >= 1, got {self.patch_size!r}")
         if not (math.isfinite(self.threshold) and self.threshold >= 0):
             raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold!r}")
-        for name, allowed in (
-            ("threshold_units", ("normalized", "pixel")),
-            ("compare", ("previous", "run_start")),
-            ("drop_policy", ("rlt", "none", "random")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+        check_choice("threshold_units", self.threshold_units, _UNITS)
+        check_choice("compare", self.compare, _COMPARE)
+        check_choice("drop_policy", self.drop_policy, _DROP_POLICY)
 
     def tokenize(self, frames_BTHWC: torch.Tensor) -> PackedTokens:
         return run_length_tokenize(
@@ -191,8 +188,7 @@ class OnlinePipeline:
         epoch: int = 0,
         num_threads: int = 1,
     ) -> None:
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be one of 'raise', 'skip', got {on_error!r}")
+        check_choice("on_error", on_error, ("raise", "skip"))
         if videos_per_batch < 1 or prefetch < 1:
             raise ValueError(f"videos_per_batch and prefetch must be >= 1, got {videos_per_batch}, {prefetch}")
         self.manifest = read_manifest(manifest)

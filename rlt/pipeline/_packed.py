@@ -13,6 +13,8 @@ from typing import Literal
 
 import torch
 
+from rlt._checks import check_choice
+
 
 @dataclass(frozen=True, repr=False)
 class PackedTokens:
@@ -119,8 +121,7 @@ class PackedTokens:
             fill: what dropped tubelets hold. ``"repeat"`` repeats each kept token over its run,
                 which is what the model is told it sees; ``"zeros"`` leaves them black.
         """
-        if fill not in ("zeros", "repeat"):
-            raise ValueError(f"fill must be one of 'zeros', 'repeat', got {fill!r}")
+        check_choice("fill", fill, ("zeros", "repeat"))
         b, g, h, w = self.keep.shape
         ts, p, c = self.tubelet_size, self.patch_size, self.channels
         grid_BGhwD = torch.zeros((b, g, h, w, ts * p * p * c), dtype=torch.uint8, device=self.device)

@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from rlt._checks import check_choice
 from rlt.pipeline._packed import PackedTokens
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,9 +81,9 @@ def run_length_tokenize(
         ValueError: a wrong type, dtype or rank, sizes that do not divide, or an unknown option.
     """
     frames_BTHWC = _check_frames(frames, tubelet_size, patch_size)
-    _check_choice("compare", compare, _COMPARE)
-    _check_choice("drop_policy", drop_policy, _DROP_POLICY)
-    _check_choice("threshold_units", threshold_units, _UNITS)
+    check_choice("compare", compare, _COMPARE)
+    check_choice("drop_policy", drop_policy, _DROP_POLICY)
+    check_choice("threshold_units", threshold_units, _UNITS)
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
     if threshold_units == "normalized" and frames_BTHWC.shape[-1] != 3:
@@ -128,11 +129,6 @@ def _check_frames(frames: torch.Tensor, tubelet_size: int, patch_size: int) -> t
         raise ValueError("frames have 0 channels")
     # The views below need plain strides; decoders hand over contiguous frames, so this is free.
     return frames.contiguous()
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 def _channel_weights(frames_BTHWC: torch.Tensor, patch_size: int, units: ThresholdUnits) -> torch.Tensor:

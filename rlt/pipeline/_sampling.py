@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from rlt._checks import check_choice
+
 SamplingMode = Literal["eval", "train"]
 
 
@@ -53,8 +55,7 @@ class ClipSampling:
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"fps must be None or > 0, got {self.fps!r}")
-        if self.mode not in ("eval", "train"):
-            raise ValueError(f"mode must be one of 'eval', 'train', got {self.mode!r}")
+        check_choice("mode", self.mode, ("eval", "train"))
         if self.crop is not None and self.size is not None and self.crop > self.size:
             raise ValueError(f"crop={self.crop} is larger than the resized short side size={self.size}")
 

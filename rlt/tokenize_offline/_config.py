@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rlt._checks import check_choice
 from rlt.dataset import STORAGES, Storage
 from rlt.pipeline import BACKENDS, Backend, ClipSampling, RLTConfig
 
@@ -32,12 +33,10 @@ class TokenizeConfig:
     backend: Backend = "auto"
 
     def __post_init__(self) -> None:
-        if self.storage not in STORAGES:
-            raise ValueError(f"storage must be one of {', '.join(map(repr, STORAGES))}, got {self.storage!r}")
+        check_choice("storage", self.storage, STORAGES)
         if not (isinstance(self.shard_size, int) and self.shard_size >= 1):
             raise ValueError(f"shard_size must be an int >= 1, got {self.shard_size!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}")
+        check_choice("backend", self.backend, BACKENDS)
         if self.sampling.crop is None:
             raise ValueError("offline datasets need a fixed clip size: set sampling.crop")
         if self.sampling.crop % self.rlt.patch_size:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from rlt._checks import check_choice
 from rlt.dataset import CorruptShardError, TokenDataset
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,7 @@ class TokenStream(IterableDataset):
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be one of 'raise', 'skip', got {on_error!r}")
+        check_choice("on_error", on_error, ("raise", "skip"))
         if shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
         self.root = Path(root)
