@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ from rlt.pipeline import BACKENDS, ClipSampling, OnlinePipeline, RLTConfig
 from rlt.samples import make_samples
 from rlt.tokenize_offline import JobSummary, TokenizeConfig, tokenize_dataset
 from rlt.tokenize_offline import Progress as JobProgress
+from rlt.train import TrainConfig, TrainSummary, evaluate, train
 
 app = typer.Typer(
     name="rlt-prep",
@@ -52,6 +54,7 @@ def demo(
     videos: Annotated[int, typer.Option(help="sample videos to generate")] = 8,
     backend: Backend = "auto",
     threshold: Annotated[float, typer.Option(help="RLT threshold (ImageNet-normalised units)")] = 0.1,
+    train_epochs: Annotated[int, typer.Option(help="epochs of the tiny training run at the end")] = 10,
 ) -> None:
     """Runs the whole product end to end on sample videos it generates, with embedded defaults."""
     started = time.perf_counter()
@@ -108,6 +111,18 @@ def demo(
     report = dataset_stats(dataset)
     print_report(report, console)
     console.print(f"HTML report: {write_html(report, out / 'stats.html')}")
+
+    console.rule("[bold]5. rlt-prep train: the tiny ViT on the kept tokens, then rlt-prep eval")
+    run = out / "run"
+    if run.exists():
+        shutil.rmtree(run)
+    result = train(dataset, run, TrainConfig(preset="tiny", epochs=train_epochs, max_tokens=2048), show_progress=True)
+    _print_train(result)
+    scores = evaluate(run, dataset)
+    console.print(
+        f"eval on the training clips (a demo, not a held-out score): "
+        f"top-1 {scores.top1:.2f} over {scores.videos} videos"
+    )
     console.rule(f"done in {time.perf_counter() - started:.1f}s")
     if pipeline.errors or summary.failed:
         raise typer.Exit(code=1)
@@ -271,6 +286,137 @@ def stats(
     if json_out:
         json_out.write_text(json.dumps(report, indent=1) + "\n")
         console.print(f"JSON report: {json_out}")
+
+
+@app.command("train")
+def train_command(
+    dataset: Annotated[Path | None, typer.Argument(help="a dataset written by `rlt-prep tokenize`")] = None,
+    out: Annotated[Path, typer.Option(help="run folder: metrics.jsonl, ckpt/, config.json")] = Path("run"),
+    online: Annotated[
+        Path | None, typer.Option(help="train from raw videos of this manifest instead (decoded and tokenized online)")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="tiny | vit_s | vit_b | vit_l | vit_h")] = "tiny",
+    epochs: Annotated[int | None, typer.Option(help="passes over the data (default: 1 unless --max-steps)")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
+    lr: Annotated[float, typer.Option(help="peak learning rate (of the head)")] = 1e-3,
+    min_lr: Annotated[float, typer.Option(help="learning rate at the end of the cosine")] = 1e-6,
+    warmup_steps: Annotated[int, typer.Option(help="optimiser steps of linear warmup")] = 0,
+    weight_decay: float = 0.05,
+    layer_decay: Annotated[float, typer.Option(help="lr ratio of each layer to the one above")] = 0.75,
+    grad_clip: Annotated[float | None, typer.Option(help="max gradient norm")] = 1.0,
+    max_tokens: Annotated[int, typer.Option(help="token budget of a micro-batch (per rank)")] = 16384,
+    tokens_per_step: Annotated[
+        int | None, typer.Option(help="gather micro-batches until a step has this many tokens (over all ranks)")
+    ] = None,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA) | bf16 | fp32")] = "auto",
+    run_length_embedding: Annotated[bool, typer.Option(help="embed each token's run length")] = False,
+    seed: int = 0,
+    workers: Annotated[int, typer.Option(help="loader processes")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 100,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its newest checkpoint")] = False,
+    init: Annotated[Path | None, typer.Option(help="start from a VideoMAE-style state dict")] = None,
+    num_frames: Annotated[int, typer.Option(help="--online: frames per clip")] = 16,
+    frame_interval: Annotated[int, typer.Option(help="--online: frames between a clip's frames")] = 4,
+    size: Annotated[int, typer.Option(help="--online: short side and centre crop")] = 224,
+    threshold: Annotated[float, typer.Option(help="--online: RLT threshold")] = 0.1,
+    drop_policy: Annotated[str, typer.Option(help="--online: rlt | none | random")] = "rlt",
+    videos_per_batch: Annotated[int, typer.Option(help="--online: videos per micro-batch")] = 4,
+    backend: Backend = "auto",
+) -> None:
+    """Trains a ViT on run-length tokens (AdamW, layer decay, warmup + cosine, bf16 on CUDA).
+
+    Runs on all ranks under `torchrun --nproc-per-node N -m rlt train ...`.
+    """
+    if online is not None and dataset is None:
+        data = online
+    elif dataset is not None and online is None:
+        data = dataset
+    else:
+        console.print("[red]error:[/red] give either DATASET or --online MANIFEST")
+        raise typer.Exit(code=2)
+    try:
+        config = TrainConfig(
+            preset=preset,
+            epochs=epochs if epochs is not None or max_steps is not None else 1,
+            max_steps=max_steps,
+            lr=lr,
+            min_lr=min_lr,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            layer_decay=layer_decay,
+            grad_clip=grad_clip,
+            max_tokens=max_tokens,
+            tokens_per_step=tokens_per_step,
+            precision=precision,  # type: ignore[arg-type]
+            run_length_embedding=run_length_embedding,
+            seed=seed,
+            num_workers=workers,
+            videos_per_batch=videos_per_batch,
+            backend=backend,  # type: ignore[arg-type]
+            checkpoint_every=checkpoint_every,
+        )
+        sampling = ClipSampling(num_frames=num_frames, frame_interval=frame_interval, size=size, crop=size)
+        rlt = RLTConfig(threshold=threshold, drop_policy=drop_policy)  # type: ignore[arg-type]
+        result = train(
+            data,
+            out,
+            config,
+            online=online is not None,
+            sampling=sampling,
+            rlt=rlt,
+            resume=resume,
+            init=init,
+            show_progress=True,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from e
+    _print_train(result)
+
+
+def _print_train(result: TrainSummary) -> None:
+    last = result.last
+    table = Table("run", str(result.out))
+    table.add_row("steps", f"{result.steps} ({result.epoch} epochs done)")
+    if last:
+        table.add_row("last loss", f"{last['loss']:.4f} (train accuracy {last['accuracy']:.2f})")
+        table.add_row("throughput", f"{last['tokens_per_s']:.0f} tokens/s, {last['clips_per_s']:.1f} clips/s")
+        table.add_row("kept tokens", f"{100 * last['kept_ratio']:.1f}%")
+    table.add_row("checkpoint", str(result.checkpoint))
+    table.add_row("time", f"{result.seconds:.1f}s")
+    console.print(table)
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="a run folder (its newest checkpoint) or a step-*.pt file")],
+    data: Annotated[Path, typer.Argument(help="a dataset written by `rlt-prep tokenize`, or a manifest CSV")],
+    clips_per_video: Annotated[int | None, typer.Option(help="manifest: clips per video")] = None,
+    max_tokens: Annotated[int, typer.Option(help="token budget of a batch")] = 16384,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the scores as JSON here")] = None,
+    backend: Backend = "auto",
+) -> None:
+    """Top-1 / top-5 of a checkpoint, averaging the class probabilities of each video's clips."""
+    try:
+        result = evaluate(
+            checkpoint,
+            data,
+            clips_per_video=clips_per_video,
+            max_tokens=max_tokens,
+            backend=backend,  # type: ignore[arg-type]
+        )
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from e
+    table = Table("eval", result.checkpoint)
+    table.add_row("top-1", f"{100 * result.top1:.2f}% of {result.videos} videos")
+    table.add_row("top-5", f"{100 * result.top5:.2f}%")
+    table.add_row("clip top-1", f"{100 * result.clip_top1:.2f}% of {result.clips} clips")
+    if result.failed:
+        table.add_row("failed", f"{result.failed} videos could not be decoded")
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
 
 
 @app.command()

@@ -170,8 +170,17 @@ class OnlinePipeline:
         videos_per_batch: videos decoded together; a batch holds all their clips.
         prefetch: batches decoded ahead.
         on_error: ``"skip"`` records a video that fails in `errors` and goes on; ``"raise"`` stops.
-        epoch: the epoch, for training-mode clip offsets.
+        epoch: the epoch, for training-mode clip offsets and the shuffle (see `set_epoch`).
         num_threads: decoding threads for decord.
+        shuffle: visit the videos in an order that is a pure function of (seed, epoch).
+        seed: the shuffle's seed.
+        rank, world_size: this process takes every ``world_size``-th video from ``rank`` on, after
+            the shuffle, so the ranks of a distributed run share the videos out.
+
+    Attributes:
+        start_batch: groups of ``videos_per_batch`` videos to skip at the start of the next pass
+            (set it to `batches_done` of a stopped pass to resume without decoding them again).
+        batches_done: groups of videos consumed in the current pass, failed ones included.
     """
 
     def __init__(
@@ -187,39 +196,65 @@ class OnlinePipeline:
         on_error: OnError = "skip",
         epoch: int = 0,
         num_threads: int = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         check_choice("on_error", on_error, ("raise", "skip"))
         if videos_per_batch < 1 or prefetch < 1:
             raise ValueError(f"videos_per_batch and prefetch must be >= 1, got {videos_per_batch}, {prefetch}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.manifest = read_manifest(manifest)
         self.sampling, self.rlt = sampling, rlt
         self.backend = resolve_backend(backend)
         self.device = device
         self.videos_per_batch, self.prefetch = videos_per_batch, prefetch
         self.on_error, self.epoch, self.num_threads = on_error, epoch, num_threads
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.errors: list[VideoDecodeError] = []
+        self.start_batch = 0
+        self.batches_done = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next pass is epoch ``epoch``, from its first batch."""
+        self.epoch, self.start_batch, self.batches_done = epoch, 0, 0
 
     def __len__(self) -> int:
-        """Batches per pass."""
-        return math.ceil(len(self.manifest) / self.videos_per_batch)
+        """Batches (groups of videos) per pass of this rank."""
+        return math.ceil(len(self._rows()) / self.videos_per_batch)
+
+    def _rows(self) -> list[ManifestRow]:
+        rows = list(self.manifest.rows)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(rows))
+            rows = [rows[i] for i in order]
+        return rows[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[ClipBatch]:
-        rows = self.manifest.rows
+        rows = self._rows()
         groups = [rows[i : i + self.videos_per_batch] for i in range(0, len(rows), self.videos_per_batch)]
+        self.batches_done = self.start_batch
         pending: deque[Future[list[_Decoded | VideoDecodeError]]] = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlt-decode") as pool:
             try:
-                for group in groups:
+                for group in groups[self.start_batch :]:
                     pending.append(pool.submit(self._decode, group))
                     if len(pending) > self.prefetch:
-                        yield from self._tokenize(pending.popleft().result())
+                        yield from self._consume(pending.popleft().result())
                 while pending:
-                    yield from self._tokenize(pending.popleft().result())
+                    yield from self._consume(pending.popleft().result())
             finally:
                 for future in pending:
                     future.cancel()
 
-    def _decode(self, group: tuple[ManifestRow, ...]) -> list[_Decoded | VideoDecodeError]:
+    def _consume(self, decoded: list[_Decoded | VideoDecodeError]) -> Iterator[ClipBatch]:
+        # Counted before the batch is handed out: a consumer that stops after it has done this group.
+        self.batches_done += 1
+        yield from self._tokenize(decoded)
+
+    def _decode(self, group: list[ManifestRow]) -> list[_Decoded | VideoDecodeError]:
         decoded = _decode_videos(
             [(row.video, row.path) for row in group],
             sampling=self.sampling,

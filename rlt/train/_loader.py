@@ -284,6 +284,20 @@ class TokenLoader:
     def __len__(self) -> int:
         return len(self.stream)
 
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+    @property
+    def batches_done(self) -> int:
+        """Batches of the current epoch handed out so far (counting those skipped by a resume)."""
+        return self._consumed
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration is epoch ``epoch`` from its first batch (also ends an epoch cut short)."""
+        self.stream.set_epoch(epoch)
+        self._consumed = 0
+
     def __iter__(self) -> Iterator[TokenBatch]:
         self._consumed = self.stream.start_batch
         loader = DataLoader(

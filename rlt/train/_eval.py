@@ -1,0 +1,121 @@
+"""`rlt-prep eval`: top-1 / top-5 of a checkpoint, averaging each video's clips (VideoMAE's multi-view test)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from rlt.dataset import INDEX
+from rlt.pipeline import Backend, OnlinePipeline
+from rlt.train._checkpoint import load_checkpoint
+from rlt.train._loader import TokenBatch, TokenLoader, TokenStream
+from rlt.train._model import VideoViT, ViTConfig
+from rlt.train._sources import DataSpec, dataset_spec, to_token_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy over videos (each video's clip probabilities averaged) and over single clips."""
+
+    top1: float
+    top5: float
+    clip_top1: float
+    videos: int
+    clips: int
+    checkpoint: str
+    failed: int = 0
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def load_model(checkpoint: str | Path) -> tuple[VideoViT, DataSpec, str]:
+    """The model of a training checkpoint, in eval mode on the CPU, with the data it was trained on."""
+    ckpt = load_checkpoint(checkpoint)
+    model = VideoViT(ViTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), DataSpec.from_dict(ckpt["data"]), ckpt["path"]
+
+
+@torch.no_grad()
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    max_tokens: int = 16384,
+    clips_per_video: int | None = None,
+    backend: Backend = "auto",
+) -> EvalResult:
+    """Scores a checkpoint on a tokenized dataset or on a manifest's videos.
+
+    Args:
+        checkpoint: a ``step-*.pt`` file, or a run folder (its newest checkpoint).
+        data: a dataset folder written by `rlt-prep tokenize` (its clips as stored), or a
+            ``path,label`` manifest (decoded and tokenized as the checkpoint's data was).
+        device: by default CUDA when there is one.
+        max_tokens: token budget of a batch of a dataset.
+        clips_per_video: with a manifest, clips per video (default: as the checkpoint's data).
+        backend: the decoder, with a manifest.
+    """
+    model, spec, path = load_model(checkpoint)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    data = Path(data)
+    errors: list[Exception] = []
+    batches: Iterable[TokenBatch]
+    if (data / INDEX).is_file():
+        _check_geometry(dataset_spec(data), spec, data)
+        batches = TokenLoader(TokenStream(data, max_tokens=max_tokens, shuffle=False, rank=0, world_size=1))
+    else:
+        sampling = replace(spec.sampling, mode="eval", clips_per_video=clips_per_video or spec.sampling.clips_per_video)
+        pipeline = OnlinePipeline(data, sampling=sampling, rlt=spec.rlt, backend=backend, device=device)
+        batches = (to_token_batch(b) for b in pipeline)
+        errors = pipeline.errors  # type: ignore[assignment]  # filled as the pipeline runs
+
+    probs: dict[str, torch.Tensor] = {}
+    labels: dict[str, int] = {}
+    clips = clip_correct = 0
+    for batch in batches:
+        batch = batch.to(device, non_blocking=True)
+        with autocast:
+            logits = model(batch.tokens, batch.positions, batch.lengths, batch.cu_seqlens)
+        p = logits.float().softmax(1).cpu()
+        clip_correct += int((p.argmax(1) == batch.labels.cpu()).sum())
+        clips += batch.num_clips
+        for video, label, row in zip(batch.videos, batch.labels.tolist(), p, strict=True):
+            probs[video] = probs[video] + row if video in probs else row.clone()
+            labels[video] = label
+    if not probs:
+        raise ValueError(f"{data} gave no clips to evaluate")
+    scores = torch.stack(list(probs.values()))
+    truth = torch.tensor([labels[v] for v in probs])
+    top = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    hits = top == truth[:, None]
+    return EvalResult(
+        top1=float(hits[:, 0].float().mean()),
+        top5=float(hits.any(1).float().mean()),
+        clip_top1=clip_correct / clips,
+        videos=len(probs),
+        clips=clips,
+        checkpoint=path,
+        failed=len(errors),
+    )
+
+
+def _check_geometry(data: DataSpec, trained: DataSpec, where: Path) -> None:
+    mine = (data.sampling.num_frames, data.sampling.crop, data.rlt.tubelet_size, data.rlt.patch_size)
+    theirs = (trained.sampling.num_frames, trained.sampling.crop, trained.rlt.tubelet_size, trained.rlt.patch_size)
+    if mine != theirs:
+        raise ValueError(
+            f"{where} has clips of (frames, crop, tubelet, patch) = {mine}, the checkpoint was trained on {theirs}"
+        )
+    if data.num_classes > trained.num_classes:
+        raise ValueError(f"{where} has {data.num_classes} classes, the checkpoint predicts {trained.num_classes}")
