@@ -1,0 +1,266 @@
+"""The trainer: it learns, resumes a killed run exactly, matches one process with two (DDP), and evals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rlt.cli import app
+from rlt.dataset import open_dataset
+from rlt.pipeline import ClipSampling, OnlinePipeline, RLTConfig
+from rlt.samples import make_samples
+from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
+from rlt.train import (
+    TrainConfig,
+    VideoViT,
+    WarmupCosine,
+    evaluate,
+    find_checkpoint,
+    load_model,
+    param_groups,
+    tiny,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLING = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
+
+
+@pytest.fixture(scope="module")
+def direction(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The direction task (squares moving right or left): 256 training and 32 held-out videos,
+    tokenized by the real job on an embedded Ray."""
+    import ray
+
+    folder = tmp_path_factory.mktemp("direction")
+    paths: dict[str, Path] = {}
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024, logging_level="ERROR")
+    try:
+        for split, videos, seed in (("train", 256, 0), ("val", 32, 10_000)):
+            manifest = make_samples(
+                folder / f"{split}_videos", num_videos=videos, num_frames=40, height=64, width=96, seed=seed
+            )
+            config = TokenizeConfig(shard_size=32, sampling=SAMPLING, backend="decord")
+            tokenize_dataset(manifest, folder / split, config)
+            paths[f"{split}_manifest"] = manifest
+            paths[split] = folder / split
+    finally:
+        ray.shutdown()
+    return paths
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rlt", *args]
+
+
+def test_tiny_learns_the_direction_of_motion(tmp_path: Path, direction: dict[str, Path]) -> None:
+    # About 25 s on two CPU cores; the loss falls from ~0.69 to ~0.01 by epoch 15.
+    config = TrainConfig(preset="tiny", epochs=25, max_tokens=1024, warmup_steps=5, layer_decay=1.0)
+    summary = train(direction["train"], tmp_path / "run", config)
+    assert summary.steps > 300 and summary.epoch == 25
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == summary.steps
+    assert sum(m["loss"] for m in metrics[-20:]) < 0.2 * sum(m["loss"] for m in metrics[:20])
+    assert all(0 < m["kept_ratio"] < 0.8 for m in metrics)  # RLT dropped tokens of the static background
+    scores = evaluate(tmp_path / "run", direction["val"])
+    assert scores.videos == 32 and scores.clips == 64
+    assert scores.top1 > 0.9, scores
+
+
+def test_eval_averages_each_videos_clips(tmp_path: Path, direction: dict[str, Path]) -> None:
+    train(direction["val"], tmp_path / "run", TrainConfig(max_steps=3, max_tokens=512))
+    result = evaluate(tmp_path / "run", direction["val"], max_tokens=300)
+    # The same by hand: every clip alone, probabilities averaged per video.
+    model, _, _ = load_model(tmp_path / "run")
+    per_video: dict[str, list] = {}
+    labels: dict[str, int] = {}
+    clip_hits = 0
+    with torch.no_grad():
+        for record in open_dataset(direction["val"]):
+            cu = torch.tensor([0, record.num_tokens], dtype=torch.int32)
+            logits = model(
+                torch.tensor(record.tokens),
+                torch.from_numpy(record.positions.astype("int64")),
+                torch.from_numpy(record.lengths.astype("int64")),
+                cu,
+            )
+            per_video.setdefault(record.video, []).append(logits.softmax(1)[0])
+            labels[record.video] = int(record.label)
+            clip_hits += int(logits.argmax() == record.label)
+    top1 = sum(int(torch.stack(p).mean(0).argmax() == labels[v]) for v, p in per_video.items()) / len(per_video)
+    assert result.top1 == pytest.approx(top1)
+    assert result.clip_top1 == pytest.approx(clip_hits / 64)
+    assert result.top5 == 1.0  # two classes
+
+
+def test_a_killed_run_resumes_with_the_same_losses_step_for_step(tmp_path: Path, direction: dict[str, Path]) -> None:
+    # Micro-batches of ~2 clips, steps of ~3 micro-batches (accumulation by tokens), steps crossing
+    # epoch ends: resuming must restore the loader mid-epoch, the optimiser and the schedule.
+    args = ["train", str(direction["val"]), "--max-steps", "40", "--max-tokens", "256", "--tokens-per-step", "600"]
+    args += ["--warmup-steps", "5", "--checkpoint-every", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    whole = tmp_path / "whole"
+    subprocess.run(cli(*args, "--out", str(whole)), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(cli(*args, "--out", str(killed)), env=env, stdout=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 10:
+            break
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before_kill = len(metrics.read_text().splitlines())
+    assert done_before_kill < 40, "the run finished before it could be killed"
+    subprocess.run(cli(*args, "--out", str(killed), "--resume"), check=True, env=env, capture_output=True)
+
+    expected, got = losses(whole), losses(killed)
+    assert len(expected) == len(got) == 40
+    assert got == expected
+
+
+def test_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, direction: dict[str, Path]) -> None:
+    # A budget that holds the whole epoch: one process takes all 64 clips per step, each of two
+    # ranks half of them, so both runs see the same clips at every step.
+    args = ["train", str(direction["val"]), "--max-steps", "6", "--max-tokens", "100000", "--lr", "3e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    single, double = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run(cli(*args, "--out", str(single)), check=True, env=env, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "rlt"]
+    result = subprocess.run([*torchrun, *args, "--out", str(double)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = losses(single), losses(double)
+    assert len(one) == len(two) == 6
+    assert two == pytest.approx(one, rel=1e-4)
+    assert len(set(one)) == 6  # the weights moved at every step
+    metrics = [json.loads(line) for line in (double / "metrics.jsonl").read_text().splitlines()]
+    assert {m["clips"] for m in metrics} == {64}  # both ranks' clips count in every step
+    ckpt = torch.load(find_checkpoint(double), weights_only=True)
+    assert [s["rank"] for s in ckpt["loaders"]] == [0, 1]
+
+
+def test_layer_decay_scales_and_no_decay_for_biases_and_norms() -> None:
+    model = VideoViT(tiny(3, num_frames=4, image_size=32, patch_size=8))
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    by_name = {name: g for g in groups for name in g["names"]}
+    depth = model.config.depth
+    assert by_name["head.weight"]["lr_scale"] == 1.0
+    assert by_name["blocks.1.mlp.fc1.weight"]["lr_scale"] == 0.5 ** (depth - 1)
+    assert by_name["blocks.0.attn.qkv.weight"]["lr_scale"] == 0.5**depth
+    assert by_name["patch_embed.weight"]["lr_scale"] == 0.5 ** (depth + 1)
+    assert by_name["blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05
+    for name in ("blocks.0.attn.q_bias", "blocks.0.norm1.weight", "head.bias", "fc_norm.bias"):
+        assert by_name[name]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_warmup_then_cosine() -> None:
+    schedule = WarmupCosine(lr=1.0, min_lr=0.1, warmup_steps=4)
+    assert [schedule(s, 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert schedule(10, 0.0) == 1.0
+    assert schedule(10, 0.5) == pytest.approx(0.55)
+    assert schedule(10, 1.0) == pytest.approx(0.1)
+    assert schedule(10, 3.0) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="min_lr"):
+        WarmupCosine(lr=1.0, min_lr=2.0, warmup_steps=0)
+
+
+def test_checkpoint_holds_everything_and_loads_weights_only(tmp_path: Path, direction: dict[str, Path]) -> None:
+    train(direction["val"], tmp_path / "run", TrainConfig(max_steps=2, max_tokens=512))
+    path = find_checkpoint(tmp_path / "run")
+    assert path.name == "step-00000002.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "model_config", "train_config", "data", "optimizer", "schedule", "loaders", "rng", "step"):
+        assert key in state, key
+    assert state["loaders"][0]["batches"] == 2 and state["schedule"]["last_lr"] > 0
+
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=str(path)):
+        evaluate(path, direction["val"])
+
+
+def test_a_run_folder_is_not_overwritten_and_resume_refuses_other_options(
+    tmp_path: Path, direction: dict[str, Path]
+) -> None:
+    run = tmp_path / "run"
+    train(direction["val"], run, TrainConfig(max_steps=1, max_tokens=512))
+    with pytest.raises(FileExistsError, match="resume"):
+        train(direction["val"], run, TrainConfig(max_steps=1, max_tokens=512))
+    with pytest.raises(ValueError, match="lr"):
+        train(direction["val"], run, TrainConfig(max_steps=2, max_tokens=512, lr=0.5), resume=True)
+    # More steps is fine: the run goes on from step 1.
+    summary = train(direction["val"], run, TrainConfig(max_steps=2, max_tokens=512), resume=True)
+    assert summary.steps == 2 and len(losses(run)) == 2
+
+
+def test_online_training_from_raw_videos_and_eval_on_the_manifest(tmp_path: Path, direction: dict[str, Path]) -> None:
+    manifest = direction["val_manifest"]
+    sampling = ClipSampling(num_frames=8, frame_interval=2, size=64, crop=64)
+    config = TrainConfig(epochs=1, videos_per_batch=8, backend="decord")
+    summary = train(manifest, tmp_path / "run", config, online=True, sampling=sampling, rlt=RLTConfig())
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary.steps == 4 and [m["clips"] for m in metrics] == [8] * 4  # one training clip per video
+    assert all(0 < m["kept_ratio"] < 1 for m in metrics)
+    result = evaluate(tmp_path / "run", manifest, clips_per_video=2, backend="decord")
+    assert result.videos == 32 and result.clips == 64
+
+
+def test_online_pipeline_shares_videos_between_ranks_and_resumes(direction: dict[str, Path]) -> None:
+    manifest = direction["val_manifest"]
+    sampling = ClipSampling(num_frames=8, frame_interval=2, size=64, crop=64, mode="train")
+
+    def pipeline(rank: int) -> OnlinePipeline:
+        return OnlinePipeline(
+            manifest, sampling=sampling, backend="decord", videos_per_batch=4, shuffle=True, seed=3, rank=rank,
+            world_size=2,
+        )  # fmt: skip
+
+    seen = [[v for b in pipeline(r) for v in b.videos] for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 16 and not set(seen[0]) & set(seen[1])
+    first = pipeline(0)
+    first.set_epoch(1)
+    order = [b.videos for b in first]
+    assert order != [seen[0][i : i + 4] for i in range(0, 16, 4)]  # another epoch, another order
+    resumed = pipeline(0)
+    resumed.set_epoch(1)
+    resumed.start_batch = 2
+    assert [b.videos for b in resumed] == order[2:]
+
+
+def test_train_and_eval_commands(tmp_path: Path, direction: dict[str, Path]) -> None:
+    runner = CliRunner()
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(direction["val"]), "--out", str(run), "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "steps" in result.output and (run / "config.json").exists()
+    result = runner.invoke(app, ["eval", str(run), str(direction["val"]), "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "s.json").read_text())["videos"] == 32
+    both = runner.invoke(app, ["train", str(direction["val"]), "--online", str(direction["val_manifest"])])
+    assert both.exit_code == 2 and "either" in both.output
+    missing = runner.invoke(app, ["eval", str(tmp_path / "nothing"), str(direction["val"])])
+    assert missing.exit_code == 2 and "no checkpoint" in missing.output
+
+
+@pytest.mark.needs_cuda
+def test_bf16_training_on_the_gpu_with_varlen_attention(tmp_path: Path, direction: dict[str, Path]) -> None:
+    summary = train(direction["val"], tmp_path / "run", TrainConfig(max_steps=5, max_tokens=2048), device="cuda")
+    found = losses(tmp_path / "run")
+    assert summary.steps == 5 and all(torch.isfinite(torch.tensor(found)))
+    scores = evaluate(tmp_path / "run", direction["val"], device="cuda")
+    assert scores.videos == 32
