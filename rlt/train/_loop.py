@@ -8,7 +8,9 @@ the same, so a run on W processes follows the run on one process that sees the s
 Run with ``torchrun --nproc-per-node W -m rlt train ...`` for DDP: each rank reads its own share
 of the clips (the loader partitions by rank), and every rank decides together, before each
 micro-batch, whether it ends the step and whether the epoch is over (when one rank's share runs
-out, every rank ends the epoch there: its other ranks drop at most one batch each).
+out, every rank ends the epoch there, and the others drop the rest of their share of that epoch).
+A step still being gathered when an epoch ends carries over into the next; one still being
+gathered when training ends is dropped.
 
 Files in ``out``: ``metrics.jsonl`` (one line per step), ``ckpt/step-*.pt`` (see `_checkpoint`),
 ``config.json``.
