@@ -264,3 +264,22 @@ def test_bf16_training_on_the_gpu_with_varlen_attention(tmp_path: Path, directio
     assert summary.steps == 5 and all(torch.isfinite(torch.tensor(found)))
     scores = evaluate(tmp_path / "run", direction["val"], device="cuda")
     assert scores.videos == 32
+
+
+def test_init_from_a_videomae_checkpoint_with_another_head(tmp_path: Path, direction: dict[str, Path]) -> None:
+    # A VideoMAE-style fine-tuning checkpoint for 400 classes, as its authors save it ({"module": ...}).
+    source = VideoViT(tiny(400, num_frames=8, image_size=64, patch_size=16))
+    conv = torch.nn.Conv3d(3, source.config.width, kernel_size=(2, 16, 16), stride=(2, 16, 16))
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("patch_embed")}
+    state["patch_embed.proj.weight"] = conv.weight.detach().clone()
+    state["patch_embed.proj.bias"] = conv.bias.detach().clone()
+    torch.save({"module": state}, tmp_path / "videomae.pth")
+
+    config = TrainConfig(max_steps=1, max_tokens=512, lr=1e-9, min_lr=0.0)
+    train(direction["val"], tmp_path / "run", config, init=tmp_path / "videomae.pth")
+    model, spec, _ = load_model(tmp_path / "run")
+    assert spec.num_classes == 2 and model.head.weight.shape == (2, source.config.width)
+    loaded = model.state_dict()
+    torch.testing.assert_close(loaded["blocks.1.mlp.fc2.weight"], state["blocks.1.mlp.fc2.weight"], atol=1e-6, rtol=0)
+    expected = conv.weight.detach().permute(0, 2, 3, 4, 1).reshape(source.config.width, -1)
+    torch.testing.assert_close(loaded["patch_embed.weight"], expected, atol=1e-6, rtol=0)
