@@ -150,13 +150,10 @@ def make_samples(
     codec: Codec = "h264",
     fps: float = 30,
     seed: int = 0,
-    squares: int = 2,
-    speed: int = 3,
 ) -> Path:
     """Writes ``num_videos`` sample videos and a ``manifest.csv`` (``path,label``) into ``folder``.
 
     Videos already there are kept, so a second call is cheap. Returns the manifest's path.
-    ``squares`` and ``speed`` (pixels per frame) are those of `synthetic_clip`.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -165,9 +162,7 @@ def make_samples(
         direction = i % 2
         name = f"sample_{i:03d}_{LABELS[direction]}{_CONTAINER[codec]}"
         if not (folder / name).exists():
-            clip = synthetic_clip(
-                num_frames, height, width, seed=seed + i, direction=direction, squares=squares, speed=speed
-            )
+            clip = synthetic_clip(num_frames, height, width, seed=seed + i, direction=direction)
             tmp = folder / f".{name}.tmp{_CONTAINER[codec]}"
             write_video(tmp, clip, fps=fps, codec=codec)
             tmp.replace(folder / name)
