@@ -375,16 +375,34 @@ def train_command(
 
 
 def _print_train(result: TrainSummary) -> None:
-    last = result.last
+    metrics_path = result.out / "metrics.jsonl"
+    if not metrics_path.exists():  # another rank of a distributed run: rank 0 reports
+        return
+    steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     table = Table("run", str(result.out))
     table.add_row("steps", f"{result.steps} ({result.epoch} epochs done)")
-    if last:
-        table.add_row("last loss", f"{last['loss']:.4f} (train accuracy {last['accuracy']:.2f})")
-        table.add_row("throughput", f"{last['tokens_per_s']:.0f} tokens/s, {last['clips_per_s']:.1f} clips/s")
-        table.add_row("kept tokens", f"{100 * last['kept_ratio']:.1f}%")
+    if steps:
+        # Means over up to 10 steps, since one step's loss is noisy.
+        first, last = steps[:10], steps[-10:]
+        table.add_row(
+            "loss",
+            f"{_mean(first, 'loss'):.4f} over the first {len(first)} steps, {_mean(last, 'loss'):.4f} over the "
+            f"last {len(last)} (train accuracy {_mean(last, 'accuracy'):.2f})",
+        )
+        seconds = sum(m["tokens"] / m["tokens_per_s"] for m in last)
+        table.add_row(
+            "throughput",
+            f"{sum(m['tokens'] for m in last) / seconds:.0f} tokens/s, "
+            f"{sum(m['clips'] for m in last) / seconds:.1f} clips/s (last {len(last)} steps)",
+        )
+        table.add_row("kept tokens", f"{100 * _mean(steps, 'kept_ratio'):.1f}%")
     table.add_row("checkpoint", str(result.checkpoint))
     table.add_row("time", f"{result.seconds:.1f}s")
     console.print(table)
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
 
 
 @app.command("eval")
