@@ -134,10 +134,17 @@ def test_a_killed_run_resumes_with_the_same_losses_step_for_step(tmp_path: Path,
     assert got == expected
 
 
-def test_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, direction: dict[str, Path]) -> None:
-    # A budget that holds the whole epoch: one process takes all 64 clips per step, each of two
-    # ranks half of them, so both runs see the same clips at every step.
-    args = ["train", str(direction["val"]), "--max-steps", "6", "--max-tokens", "100000", "--lr", "3e-3"]
+@pytest.mark.parametrize("accumulate", [False, True], ids=["one-batch-steps", "accumulated-steps"])
+def test_two_processes_follow_the_one_process_loss_curve(
+    tmp_path: Path, direction: dict[str, Path], accumulate: bool
+) -> None:
+    # Every step takes the whole epoch: in one micro-batch per rank (a budget that holds it all), or
+    # gathered from micro-batches of ~10 clips until the step holds every token (the DDP ranks
+    # keep their gradients local until the step's last micro-batch). One process then takes all
+    # 64 clips per step and each of two ranks half of them, so both runs see the same clips.
+    total = json.loads((direction["val"] / "index.json").read_text())["totals"]["tokens"]
+    args = ["train", str(direction["val"]), "--max-steps", "6", "--lr", "3e-3"]
+    args += ["--max-tokens", "300", "--tokens-per-step", str(total)] if accumulate else ["--max-tokens", "100000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     single, double = tmp_path / "single", tmp_path / "ddp"
     subprocess.run(cli(*args, "--out", str(single)), check=True, env=env, capture_output=True)
@@ -150,6 +157,8 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, directi
     assert len(set(one)) == 6  # the weights moved at every step
     metrics = [json.loads(line) for line in (double / "metrics.jsonl").read_text().splitlines()]
     assert {m["clips"] for m in metrics} == {64}  # both ranks' clips count in every step
+    if accumulate:
+        assert min(m["micro_batches"] for m in metrics) >= 2  # micro-batches per rank in every step
     ckpt = torch.load(find_checkpoint(double), weights_only=True)
     assert [s["rank"] for s in ckpt["loaders"]] == [0, 1]
 
