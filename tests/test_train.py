@@ -151,7 +151,7 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, directi
     # video's training clip per rank. One process then takes every clip per step and each of two
     # ranks half of them, so both runs see the same clips.
     total = json.loads((direction["val"] / "index.json").read_text())["totals"]["tokens"]
-    args = ["train", "--max-steps", "6", "--lr", "3e-3"]
+    args = ["train", "--max-steps", "6", "--lr", "3e-3", "--checkpoint-every", "3"]
     if mode == "one-batch-steps":
         args += [str(direction["val"]), "--max-tokens", "100000"]
     elif mode == "accumulated-steps":

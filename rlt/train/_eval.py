@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from rlt.dataset import INDEX
-from rlt.pipeline import Backend, OnlinePipeline
+from rlt.pipeline import Backend, OnlinePipeline, VideoDecodeError
 from rlt.train._checkpoint import load_checkpoint
 from rlt.train._loader import TokenBatch, TokenLoader, TokenStream
 from rlt.train._model import VideoViT, ViTConfig
@@ -69,16 +68,16 @@ def evaluate(
     model.to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     data = Path(data)
-    errors: list[Exception] = []
+    errors: list[VideoDecodeError] = []
     batches: Iterable[TokenBatch]
-    if (data / INDEX).is_file():
+    if data.is_dir():  # a dataset; read_index names what is wrong with an unfinished one
         _check_geometry(dataset_spec(data), spec, data)
         batches = TokenLoader(TokenStream(data, max_tokens=max_tokens, shuffle=False, rank=0, world_size=1))
     else:
         sampling = replace(spec.sampling, mode="eval", clips_per_video=clips_per_video or spec.sampling.clips_per_video)
         pipeline = OnlinePipeline(data, sampling=sampling, rlt=spec.rlt, backend=backend, device=device)
         batches = (to_token_batch(b) for b in pipeline)
-        errors = pipeline.errors  # type: ignore[assignment]  # filled as the pipeline runs
+        errors = pipeline.errors  # filled as the pipeline runs
 
     probs: dict[str, torch.Tensor] = {}
     labels: dict[str, int] = {}

@@ -220,6 +220,7 @@ def train(
 
     # 5. Resume: model, optimiser, schedule, this rank's loader and generators, and the step.
     step = 0
+    checkpoint: Path | None = None  # rank 0's newest
     metrics_path = out / METRICS
     if resume:
         ckpt = load_checkpoint(find_checkpoint(out / CHECKPOINTS))
@@ -236,7 +237,7 @@ def train(
         schedule.load_state_dict(ckpt["schedule"])
         source.load_state_dict(ckpt["loaders"][rank])
         set_rng_state(ckpt["rng"][rank])
-        step = int(ckpt["step"])
+        step, checkpoint = int(ckpt["step"]), Path(ckpt["path"])
         if rank == 0:
             _truncate_metrics(metrics_path, step)
         log.info("resumed from %s at step %d", ckpt["path"], step)
@@ -285,7 +286,7 @@ def train(
     correct = torch.zeros((), device=device)
     last_time = time.perf_counter()
     last: dict[str, Any] = {}
-    checkpoint: Path | None = None
+    saved_step = step  # the same on every rank: saving is collective
     bar = _progress_bar(show_progress and rank == 0, config, len(source))
     metrics = open(metrics_path, "a") if rank == 0 else None  # noqa: SIM115 (closed in finally)
     model.train()
@@ -361,12 +362,12 @@ def train(
                 loss_sum.zero_()
                 correct.zero_()
                 if step % config.checkpoint_every == 0:
-                    checkpoint = save() or checkpoint
+                    checkpoint, saved_step = save() or checkpoint, step
             else:
                 break  # finished mid-epoch
             # The epoch is over (for all ranks at once); a partly gathered step carries over.
             source.set_epoch(epoch + 1)
-        if checkpoint is None or int(checkpoint.stem.split("-")[1]) != step:
+        if saved_step != step:
             checkpoint = save() or checkpoint
     finally:
         if metrics is not None:

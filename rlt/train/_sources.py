@@ -1,6 +1,6 @@
 """Where training batches come from: a tokenized dataset, or raw videos through the online pipeline.
 
-Both give `TokenBatch` es, count their epochs and batches the same way, and save where they are
+Both give batches as `TokenBatch`, count their epochs and batches the same way, and save where they are
 with a versioned ``state_dict``, so the training loop does not care which one it runs on.
 """
 
