@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from rlt.pipeline._transforms import resize_and_crop
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
+STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,28 @@ class OnlinePipeline:
     def set_epoch(self, epoch: int) -> None:
         """The next pass is epoch ``epoch``, from its first batch."""
         self.epoch, self.start_batch, self.batches_done = epoch, 0, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the pipeline is: small, versioned, and enough to resume the pass exactly."""
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "batches": self.batches_done,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"online pipeline state version {state.get('version')!r} is not {STATE_VERSION}")
+        mine = self.state_dict()
+        for key in ("shuffle", "seed", "rank", "world_size"):
+            if state[key] != mine[key]:
+                raise ValueError(f"online pipeline state has {key}={state[key]!r}, this pipeline {mine[key]!r}")
+        self.set_epoch(int(state["epoch"]))
+        self.start_batch = self.batches_done = int(state["batches"])
 
     def __len__(self) -> int:
         """Batches (groups of videos) per pass of this rank."""

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 
 from rlt._checks import check_choice
 from rlt.pipeline import Backend, ClipSampling, RLTConfig
-from rlt.train._checkpoint import find_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlt.train._checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rlt.train._model import PRESETS, VideoViT, load_videomae_state_dict
 from rlt.train._optim import WarmupCosine, param_groups
-from rlt.train._sources import OfflineSource, OnlineSource, dense_tokens_per_clip
+from rlt.train._sources import Source, offline_source, online_source
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,9 @@ def train(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # 2. Data: every rank its share, in an order that is a pure function of (seed, epoch).
-    source: OfflineSource | OnlineSource
+    source: Source
     if online:
-        source = OnlineSource(
+        source = online_source(
             data,
             sampling=sampling,
             rlt=rlt,
@@ -180,7 +180,7 @@ def train(
             world_size=world,
         )
     else:
-        source = OfflineSource(
+        source = offline_source(
             data,
             max_tokens=config.max_tokens,
             seed=config.seed,
@@ -189,7 +189,6 @@ def train(
             world_size=world,
         )
     spec = source.spec
-    dense_per_clip = dense_tokens_per_clip(spec)
 
     # 3. Model, the same on every rank (DDP also broadcasts rank 0's weights).
     torch.manual_seed(config.seed)
@@ -202,6 +201,7 @@ def train(
         run_length_embedding=config.run_length_embedding,
     )
     model = VideoViT(model_config)
+    dense_per_clip = math.prod(model_config.grid)  # tokens of a clip with none dropped
     if init is not None:
         _load_init(model, Path(init))
     model.to(device)
@@ -223,7 +223,7 @@ def train(
     checkpoint: Path | None = None  # rank 0's newest
     metrics_path = out / METRICS
     if resume:
-        ckpt = load_checkpoint(find_checkpoint(out / CHECKPOINTS))
+        ckpt = load_checkpoint(out / CHECKPOINTS)
         if len(ckpt["loaders"]) != world:
             raise ValueError(f"{ckpt['path']} was written by {len(ckpt['loaders'])} ranks, this run has {world}")
         changed = sorted(k for k, v in asdict(config).items() if ckpt["train_config"].get(k) != v)
@@ -242,7 +242,7 @@ def train(
             _truncate_metrics(metrics_path, step)
         log.info("resumed from %s at step %d", ckpt["path"], step)
     else:
-        if metrics_path.exists() or _has_checkpoint(out / CHECKPOINTS):
+        if metrics_path.exists() or list_checkpoints(out / CHECKPOINTS):
             raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or use a new folder")
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +287,7 @@ def train(
     last_time = time.perf_counter()
     last: dict[str, Any] = {}
     saved_step = step  # the same on every rank: saving is collective
-    bar = _progress_bar(show_progress and rank == 0, config, len(source))
+    bar = _Bar(config, len(source)) if show_progress and rank == 0 else None
     metrics = open(metrics_path, "a") if rank == 0 else None  # noqa: SIM115 (closed in finally)
     model.train()
     try:
@@ -379,14 +379,6 @@ def train(
     )
 
 
-def _has_checkpoint(folder: Path) -> bool:
-    try:
-        find_checkpoint(folder)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def _init_distributed() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -461,7 +453,3 @@ class _Bar:
 
     def close(self) -> None:
         self.progress.stop()
-
-
-def _progress_bar(show: bool, config: TrainConfig, batches_per_epoch: int) -> _Bar | None:
-    return _Bar(config, batches_per_epoch) if show else None

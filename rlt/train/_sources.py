@@ -1,8 +1,4 @@
-"""Where training batches come from: a tokenized dataset, or raw videos through the online pipeline.
-
-Both give batches as `TokenBatch`, count their epochs and batches the same way, and save where they are
-with a versioned ``state_dict``, so the training loop does not care which one it runs on.
-"""
+"""Where training batches come from: a tokenized dataset, or raw videos through the online pipeline."""
 
 from __future__ import annotations
 
@@ -15,10 +11,8 @@ import numpy as np
 import torch
 
 from rlt.dataset import TokenDataset, read_index
-from rlt.pipeline import Backend, ClipSampling, OnlinePipeline, RLTConfig, read_manifest
+from rlt.pipeline import Backend, ClipBatch, ClipSampling, OnlinePipeline, RLTConfig, read_manifest
 from rlt.train._loader import TokenBatch, TokenLoader, TokenStream
-
-ONLINE_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -68,128 +62,86 @@ def manifest_spec(manifest: str | Path, sampling: ClipSampling, rlt: RLTConfig) 
     return DataSpec(sampling, rlt, num_classes, classes)
 
 
-class OfflineSource:
-    """Batches of at most ``max_tokens`` tokens from a dataset written by `rlt-prep tokenize`."""
+class Source:
+    """Training batches from a tokenized dataset (a `TokenLoader`) or from raw videos (an
+    `OnlinePipeline`, its `ClipBatch` turned into `TokenBatch`), with the clips' `DataSpec`.
 
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        max_tokens: int,
-        seed: int,
-        num_workers: int,
-        rank: int,
-        world_size: int,
-        shuffle: bool = True,
-    ) -> None:
-        self.spec = dataset_spec(root)
-        stream = TokenStream(root, max_tokens=max_tokens, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-        self.loader = TokenLoader(stream, num_workers=num_workers)
+    Both count epochs and batches the same way and resume from a versioned ``state_dict``, so the
+    training loop does not care which one it runs on.
+    """
+
+    def __init__(self, spec: DataSpec, batches: TokenLoader | OnlinePipeline) -> None:
+        self.spec, self.batches = spec, batches
 
     @property
     def epoch(self) -> int:
-        return self.loader.epoch
+        return self.batches.epoch
 
     @property
     def batches_done(self) -> int:
-        return self.loader.batches_done
+        return self.batches.batches_done
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.batches)
 
     def __iter__(self) -> Iterator[TokenBatch]:
-        return iter(self.loader)
+        if isinstance(self.batches, TokenLoader):
+            return iter(self.batches)
+        return (to_token_batch(batch) for batch in self.batches)
 
     def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
+        self.batches.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.loader.state_dict()
+        return self.batches.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state)
+        self.batches.load_state_dict(state)
 
 
-class OnlineSource:
+def offline_source(
+    root: str | Path, *, max_tokens: int, seed: int, num_workers: int, rank: int, world_size: int
+) -> Source:
+    """Shuffled batches of at most ``max_tokens`` tokens from a dataset written by `rlt-prep tokenize`."""
+    stream = TokenStream(root, max_tokens=max_tokens, shuffle=True, seed=seed, rank=rank, world_size=world_size)
+    return Source(dataset_spec(root), TokenLoader(stream, num_workers=num_workers))
+
+
+def online_source(
+    manifest: str | Path,
+    *,
+    sampling: ClipSampling,
+    rlt: RLTConfig,
+    backend: Backend,
+    device: torch.device,
+    videos_per_batch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> Source:
     """Clips decoded and tokenized as training goes, one training clip per video per epoch.
 
     The clip's offset in its video and the order of the videos are pure functions of (seed, epoch),
     so a resumed run sees the same clips.
     """
-
-    def __init__(
-        self,
-        manifest: str | Path,
-        *,
-        sampling: ClipSampling,
-        rlt: RLTConfig,
-        backend: Backend,
-        device: torch.device,
-        videos_per_batch: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        num_threads: int = 1,
-    ) -> None:
-        sampling = replace(sampling, mode="train", seed=seed)
-        self.spec = manifest_spec(manifest, sampling, rlt)
-        self.pipeline = OnlinePipeline(
-            manifest,
-            sampling=sampling,
-            rlt=rlt,
-            backend=backend,
-            device=device,
-            videos_per_batch=videos_per_batch,
-            on_error="skip",
-            shuffle=True,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            num_threads=num_threads,
-        )
-
-    @property
-    def epoch(self) -> int:
-        return self.pipeline.epoch
-
-    @property
-    def batches_done(self) -> int:
-        return self.pipeline.batches_done
-
-    def __len__(self) -> int:
-        return len(self.pipeline)
-
-    def __iter__(self) -> Iterator[TokenBatch]:
-        for batch in self.pipeline:
-            yield to_token_batch(batch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.pipeline.set_epoch(epoch)
-
-    def state_dict(self) -> dict[str, Any]:
-        p = self.pipeline
-        return {
-            "version": ONLINE_STATE_VERSION,
-            "epoch": p.epoch,
-            "batches": p.batches_done,
-            "seed": p.seed,
-            "rank": p.rank,
-            "world_size": p.world_size,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != ONLINE_STATE_VERSION:
-            raise ValueError(f"online source state version {state.get('version')!r} is not {ONLINE_STATE_VERSION}")
-        p = self.pipeline
-        for key, mine in (("seed", p.seed), ("rank", p.rank), ("world_size", p.world_size)):
-            if state[key] != mine:
-                raise ValueError(f"source state has {key}={state[key]!r}, this run {mine!r}")
-        p.set_epoch(int(state["epoch"]))
-        p.start_batch = int(state["batches"])
-        p.batches_done = p.start_batch
+    sampling = replace(sampling, mode="train", seed=seed)
+    pipeline = OnlinePipeline(
+        manifest,
+        sampling=sampling,
+        rlt=rlt,
+        backend=backend,
+        device=device,
+        videos_per_batch=videos_per_batch,
+        on_error="skip",
+        shuffle=True,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    return Source(manifest_spec(manifest, sampling, rlt), pipeline)
 
 
-def to_token_batch(batch: Any) -> TokenBatch:
+def to_token_batch(batch: ClipBatch) -> TokenBatch:
     """A `ClipBatch` of the online pipeline as the loader's `TokenBatch`."""
     tokens = batch.tokens
     return TokenBatch(
@@ -202,12 +154,6 @@ def to_token_batch(batch: Any) -> TokenBatch:
         videos=batch.videos,
         clip_ids=batch.clip_ids,
     )
-
-
-def dense_tokens_per_clip(spec: DataSpec) -> int:
-    """Tokens of one clip with none dropped: G * (crop / p)^2."""
-    side = spec.sampling.crop or 0
-    return spec.sampling.num_frames // spec.rlt.tubelet_size * (side // spec.rlt.patch_size) ** 2
 
 
 def labels_of(root: str | Path) -> np.ndarray:
