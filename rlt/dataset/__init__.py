@@ -1,6 +1,6 @@
 """The on-disk token dataset: one format (FORMAT.md) for the writer, the loader and the reports."""
 
-from rlt.dataset._files import META, checksum, file_list, fsync_tree, write_json_atomic
+from rlt.dataset._files import META, checksum, file_list, fsync_tree, open_atomic, write_json_atomic
 from rlt.dataset._reader import (
     FORMAT,
     FORMAT_VERSION,
@@ -34,6 +34,7 @@ __all__ = [
     "expected_files",
     "file_list",
     "fsync_tree",
+    "open_atomic",
     "open_dataset",
     "read_index",
     "verify_shard",

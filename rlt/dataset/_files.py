@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal
 
 META = "meta.json"
 
@@ -20,16 +22,27 @@ def fsync_tree(folder: Path) -> None:
         _fsync_dir(Path(root))
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Writes JSON to a temporary name, fsyncs it, and renames it over ``path``."""
+@contextmanager
+def open_atomic(path: Path, mode: Literal["w", "wb"] = "w") -> Iterator[IO[Any]]:
+    """A file to write ``path`` through: written under a temporary name, fsynced, and renamed over
+    ``path`` when the block ends, so a reader sees the old file or the whole new one, never part."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Writes JSON to ``path`` atomically (see `open_atomic`)."""
+    with open_atomic(path) as f:
         json.dump(value, f, indent=1, sort_keys=True)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def file_list(folder: Path) -> list[dict[str, Any]]:

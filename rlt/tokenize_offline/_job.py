@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from rlt.dataset import FORMAT, FORMAT_VERSION, INDEX, SHARDS, write_json_atomic
+from rlt.dataset import FORMAT, FORMAT_VERSION, INDEX, SHARDS, open_atomic, write_json_atomic
 from rlt.pipeline import read_manifest
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._shard import ShardSpec, read_meta, run_shard, shard_folder
@@ -269,11 +269,9 @@ def _run_on_ray(
 def _write_index(out: Path, plan: dict[str, Any], specs: list[ShardSpec], config: TokenizeConfig) -> None:
     metas = [read_meta(shard_folder(out, s.name)) for s in specs]
     errors = [{"video": e["video"], "reason": e["reason"], "shard": m["name"]} for m in metas for e in m["errors"]]
-    tmp = out / f".{ERRORS}.tmp"
-    with open(tmp, "w") as f:
+    with open_atomic(out / ERRORS) as f:
         for error in errors:
             f.write(json.dumps(error) + "\n")
-    os.replace(tmp, out / ERRORS)
     index = {
         "format": FORMAT,
         "version": FORMAT_VERSION,

@@ -8,7 +8,6 @@ it): ``version``, ``step``, ``model`` (its state dict), ``model_config``, ``trai
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from rlt.dataset import open_atomic
 
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"step-(\d+)\.pt")
@@ -33,12 +34,8 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], *, kee
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, step)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with open_atomic(path, "wb") as f:
         torch.save({"version": CHECKPOINT_VERSION, "step": step, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path

@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from rlt._checks import check_choice
+from rlt.dataset import open_atomic
 from rlt.pipeline import Backend, ClipSampling, RLTConfig
 from rlt.train._checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rlt.train._model import PRESETS, VideoViT, load_videomae_state_dict
@@ -418,9 +419,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    with open_atomic(path) as f:
+        f.write("".join(line + "\n" for line in lines))
 
 
 class _Bar:
