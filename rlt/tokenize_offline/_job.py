@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from rlt.dataset import FORMAT, FORMAT_VERSION, INDEX, SHARDS, open_atomic, write_json_atomic
+from rlt.dataset import FORMAT, FORMAT_VERSION, INDEX, SHARDS, open_atomic, read_index, write_json_atomic
 from rlt.pipeline import read_manifest
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._shard import ShardSpec, read_meta, run_shard, shard_folder
@@ -130,7 +130,7 @@ def tokenize_dataset(
                 on_progress(counts)
         _write_index(out, plan, specs, config)
         _remove_leftovers(out)
-    index = json.loads((out / INDEX).read_text())
+    index = read_index(out)
     totals = index["totals"]
     return JobSummary(
         out=out,
