@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -128,6 +130,16 @@ def demo(
         raise typer.Exit(code=1)
 
 
+@contextmanager
+def _bad_input_exits() -> Iterator[None]:
+    """Bad options or inputs print the error, naming the file and the reason, and exit 2."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigMismatchError is a ValueError
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from e
+
+
 # Exit status of `tokenize` when the dataset is complete but some videos could not be decoded.
 EXIT_SOME_FAILED = 3
 
@@ -161,7 +173,7 @@ def tokenize(
     Safe to kill and re-run: finished shards are kept, unfinished ones redone. Exits 3 when the
     dataset is complete but some videos failed (listed in OUT/errors.jsonl).
     """
-    try:
+    with _bad_input_exits():
         config = TokenizeConfig(
             storage=format,  # type: ignore[arg-type]
             shard_size=shard_size,
@@ -176,9 +188,6 @@ def tokenize(
             backend=backend,  # type: ignore[arg-type]
         )
         summary = _run_tokenize(manifest, out, config, ray_address, workers, overwrite, gpus_per_task)
-    except (ValueError, FileNotFoundError) as e:  # ConfigMismatchError is a ValueError
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from e
     _print_summary(summary)
     if summary.failed:
         raise typer.Exit(code=EXIT_SOME_FAILED)
@@ -262,7 +271,7 @@ def stats(
     if (dataset is None) == (videos is None):
         console.print("[red]error:[/red] give either DATASET or --videos MANIFEST")
         raise typer.Exit(code=2)
-    try:
+    with _bad_input_exits():
         if videos is not None:
             report = threshold_sweep(
                 videos,
@@ -280,9 +289,6 @@ def stats(
             print_report(report, console)
             if html_out:
                 console.print(f"HTML report: {write_html(report, html_out)}")
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from e
     if json_out:
         json_out.write_text(json.dumps(report, indent=1) + "\n")
         console.print(f"JSON report: {json_out}")
@@ -334,7 +340,7 @@ def train_command(
     else:
         console.print("[red]error:[/red] give either DATASET or --online MANIFEST")
         raise typer.Exit(code=2)
-    try:
+    with _bad_input_exits():
         config = TrainConfig(
             preset=preset,
             epochs=epochs if epochs is not None or max_steps is not None else 1,
@@ -368,9 +374,6 @@ def train_command(
             init=init,
             show_progress=True,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from e
     _print_train(result)
 
 
@@ -415,7 +418,7 @@ def eval_command(
     backend: Backend = "auto",
 ) -> None:
     """Top-1 / top-5 of a checkpoint, averaging the class probabilities of each video's clips."""
-    try:
+    with _bad_input_exits():
         result = evaluate(
             checkpoint,
             data,
@@ -423,9 +426,6 @@ def eval_command(
             max_tokens=max_tokens,
             backend=backend,  # type: ignore[arg-type]
         )
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from e
     table = Table("eval", result.checkpoint)
     table.add_row("top-1", f"{100 * result.top1:.2f}% of {result.videos} videos")
     table.add_row("top-5", f"{100 * result.top5:.2f}%")
