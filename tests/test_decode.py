@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlt import VideoDecodeError
-from rlt.pipeline import decode_batch, decode_frames, probe, resolve_backend
+from rlt.pipeline import decode_batch, decode_frames, probe, resize_and_crop, resolve_backend
 from rlt.samples import read_frame_index
 from tests.videos import FRAMES
 
@@ -61,20 +61,50 @@ def test_probe_counts_frames_of_every_container(videos: dict[str, Path]) -> None
 
 
 def test_dali_cpu_names_the_backend_for_h264(videos: dict[str, Path]) -> None:
-    with pytest.raises(VideoDecodeError, match="'dali-cpu' cannot decode h264; use backend 'decord' or 'dali'"):
+    with pytest.raises(VideoDecodeError, match="'dali-cpu' cannot decode h264; use backend 'decord' or 'torchcodec' or 'dali'"):
         decode_frames(videos["h264"], [0], backend="dali-cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
 def test_dali_without_cuda_says_what_to_use(videos: dict[str, Path]) -> None:
-    with pytest.raises(ValueError, match="no CUDA device; use backend 'decord' or 'dali-cpu'"):
+    with pytest.raises(ValueError, match="no CUDA device; use backend 'decord', 'torchcodec' or 'dali-cpu'"):
         decode_frames(videos["h264"], [0], backend="dali")
-    assert resolve_backend("auto") == "decord"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_backend("dali,decord")
+    assert resolve_backend("auto") in (("torchcodec",), ("decord",))
+
+
+def test_auto_is_nvdec_then_the_cpu_decoder_where_cuda_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    chain = resolve_backend("auto")
+    assert chain[0] == "dali" and chain[1] in ("torchcodec", "decord") and len(chain) == 2
+    assert resolve_backend("dali-cpu, auto, decord") == ("dali-cpu", "dali", chain[1], "decord")[: 3 + (chain[1] != "decord")]
 
 
 def test_unknown_backend() -> None:
-    with pytest.raises(ValueError, match="'auto', 'dali', 'dali-cpu', 'decord'"):
-        resolve_backend("ffmpeg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'auto', 'dali', 'dali-cpu', 'torchcodec', 'decord'"):
+        resolve_backend("ffmpeg")
+    with pytest.raises(ValueError, match="got 'ffmpeg'"):
+        resolve_backend("decord,ffmpeg")
+    with pytest.raises(ValueError, match="comma chain"):
+        resolve_backend("")
+
+
+def test_a_chain_sends_each_video_to_the_first_decoder_that_takes_its_codec(videos: dict[str, Path]) -> None:
+    paths = [videos["h264"], videos["vp9"], videos["mjpeg"], videos["random"]]
+    chained = decode_batch(paths, [[0, 7], [1, 5], [2, 3], [0]], backend="dali-cpu,decord")
+    by_dali = decode_batch(paths[1:3], [[1, 5], [2, 3]], backend="dali-cpu")
+    by_decord = decode_batch(paths[:1], [[0, 7]], backend="decord")
+    assert torch.equal(chained[0], by_decord[0])  # H.264: dali-cpu cannot, decord does
+    assert torch.equal(chained[1], by_dali[0]) and torch.equal(chained[2], by_dali[1])
+    assert isinstance(chained[3], VideoDecodeError) and "not a readable video" in chained[3].reason
+
+
+def test_a_chain_tries_the_next_decoder_when_one_fails(videos: dict[str, Path]) -> None:
+    # DALI cannot read the truncated WebM's tail; asked only for what is there, decord can.
+    info = probe(videos["truncated_vp9"])
+    (frames,) = decode_batch([videos["truncated_vp9"]], [range(info.num_frames)], backend="decord,dali-cpu")
+    assert isinstance(frames, torch.Tensor)
 
 
 # Bad input: each decodes correctly or raises VideoDecodeError naming the file and the reason. -------
@@ -164,6 +194,35 @@ def test_one_bad_file_does_not_fail_the_batch(videos: dict[str, Path], backend: 
     assert isinstance(results[1], VideoDecodeError) and results[1].path == str(videos["random"])
     assert isinstance(results[2], torch.Tensor) and indices_read(results[2]) == [7]
     assert isinstance(results[3], VideoDecodeError) and "no such file" in results[3].reason
+
+
+# Resizing and cropping inside DALI's graph ------------------------------------------------------
+
+RESIZES = [(64, 64), (96, 96), (48, None), (None, 80), (160, 128)]
+RESIZE_CASES = [("dali-cpu", kind) for kind in ("vp9", "mjpeg", "odd_size_vp9")] + [
+    pytest.param("dali", kind, marks=pytest.mark.needs_cuda) for kind in ("h264", "odd_size", "vp9", "h264_vfr")
+]
+
+
+@pytest.mark.parametrize(("size", "crop"), RESIZES)
+@pytest.mark.parametrize(("backend", "kind"), RESIZE_CASES)
+def test_dali_resizes_and_crops_like_the_cpu_path(
+    videos: dict[str, Path], backend: str, kind: str, size: int | None, crop: int | None
+) -> None:
+    wanted = [0, 3, 3, 1, 8]
+    dali = decode_frames(videos[kind], wanted, backend=backend, size=size, crop=crop)
+    assert dali.device.type == ("cuda" if backend == "dali" else "cpu")
+    dali = dali.cpu()
+    reference = resize_and_crop(decode_frames(videos[kind], wanted, backend="decord"), size=size, crop=crop)
+    assert dali.shape == reference.shape and dali.dtype == torch.uint8
+    # DALI's antialiased resampling and colour conversion round differently from ours.
+    assert (dali.int() - reference.int()).abs().float().mean() < 2.0
+
+
+def test_resized_frames_are_still_the_ones_asked_for(videos: dict[str, Path]) -> None:
+    # Upscaled 2x, every other pixel is a source pixel again: the barcode reads back.
+    frames = decode_frames(videos["vp9"], [5, 2, 39], backend="dali-cpu", size=192, crop=None)
+    assert frames.shape == (3, 192, 256, 3) and indices_read(frames[:, ::2, ::2]) == [5, 2, 39]
 
 
 def test_error_survives_pickling() -> None:

@@ -1,9 +1,19 @@
 """The online path: video files to clips on the device, tokenized where the frames are."""
 
-from rlt.pipeline._decode import BACKENDS, Backend, decode_batch, decode_frames, resolve_backend
+from rlt.pipeline._clips import DecodedVideo, decode_clips
+from rlt.pipeline._decode import (
+    BACKENDS,
+    DECODERS,
+    Backend,
+    Decoder,
+    decode_batch,
+    decode_frames,
+    output_device,
+    resolve_backend,
+)
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import Manifest, ManifestRow, read_manifest
-from rlt.pipeline._online import ClipBatch, OnlinePipeline, RLTConfig, VideoTokens, tokenize_video
+from rlt.pipeline._online import ClipBatch, OnlinePipeline, RLTConfig, VideoTokens, tokenize_clips, tokenize_video
 from rlt.pipeline._packed import PackedTokens
 from rlt.pipeline._probe import VideoInfo, probe
 from rlt.pipeline._rlt import IMAGENET_MEAN, IMAGENET_STD, run_length_tokenize, run_lengths
@@ -12,12 +22,15 @@ from rlt.pipeline._transforms import resize_and_crop
 
 __all__ = [
     "BACKENDS",
+    "DECODERS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Backend",
     "ClipBatch",
     "ClipIndices",
     "ClipSampling",
+    "DecodedVideo",
+    "Decoder",
     "Manifest",
     "ManifestRow",
     "OnlinePipeline",
@@ -27,7 +40,9 @@ __all__ = [
     "VideoInfo",
     "VideoTokens",
     "decode_batch",
+    "decode_clips",
     "decode_frames",
+    "output_device",
     "probe",
     "read_manifest",
     "resize_and_crop",
@@ -35,5 +50,6 @@ __all__ = [
     "run_length_tokenize",
     "run_lengths",
     "sample_clips",
+    "tokenize_clips",
     "tokenize_video",
 ]

@@ -1,13 +1,20 @@
 """NVIDIA DALI: NVDEC on the GPU (``"dali"``) or libavcodec on the CPU (``"dali-cpu"``).
 
-One DALI pipeline per (backend, device, batch size) decodes a batch of videos from their encoded
-bytes, each with its own list of frame indices (``fn.decoders.video(frames=...)``). GPU frames reach
-torch through DLPack, with no host copy. A bad file makes DALI fail the whole batch and leaves the
-pipeline unusable, so we drop the pipeline and decode that batch's videos one by one to name it.
+One DALI graph decodes a batch of videos from their encoded bytes, each with its own list of frame
+indices (``fn.decoders.video(frames=...)``), and resamples each video's frames straight to the
+output size inside DALI: ``fn.resize`` reads the source window that the short-side resize and the
+centre crop would keep (``roi_start``/``roi_end``) and writes ``crop x crop`` pixels, antialiased.
+So no native-resolution frame leaves DALI, and no float copy of one is made. The same graph runs on
+the CPU for ``"dali-cpu"``, which is how machines without a GPU test it.
+
+Frames reach torch through DLPack, on the GPU for ``"dali"``, synchronised with the caller's
+current CUDA stream. A bad file makes DALI fail the whole batch and leaves the pipeline unusable,
+so we drop the pipeline and decode that batch's videos one by one to name it.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -17,13 +24,16 @@ import torch
 
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._probe import VideoInfo
+from rlt.pipeline._transforms import output_geometry
 
 # Codec names as FFmpeg (and so `probe`) spells them.
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mjpeg", "av1", "mpeg4"})
 
+# DALI runs one graph at a time per pipeline; the lock also keeps its output buffers, which the
+# next run reuses, ours until we have copied them out.
 _lock = threading.Lock()
-_pipelines: dict[tuple[str, int, int], Any] = {}
+_pipelines: dict[tuple[str, int, int, bool], Any] = {}
 
 
 def import_dali():
@@ -31,15 +41,24 @@ def import_dali():
         import nvidia.dali as dali
     except ImportError as e:
         raise ImportError(
-            "the DALI backends need NVIDIA DALI: pip install nvidia-dali-cuda120 (or nvidia-dali-cuda130)"
+            "the DALI backends need NVIDIA DALI >= 1.48: pip install nvidia-dali-cuda120 (or nvidia-dali-cuda130)"
         ) from e
     return dali
 
 
 def decode_dali(
-    infos: Sequence[VideoInfo], frame_indices: Sequence[np.ndarray], *, gpu: bool, device_id: int = 0
+    infos: Sequence[VideoInfo],
+    frame_indices: Sequence[np.ndarray],
+    *,
+    gpu: bool,
+    size: int | None = None,
+    crop: int | None = None,
+    device_id: int = 0,
 ) -> list[torch.Tensor | VideoDecodeError]:
-    """Decodes each video's frames: uint8 ``[T, H, W, 3]``, on ``cuda:device_id`` when ``gpu``.
+    """Decodes each video's frames, resized and cropped in DALI: uint8 ``[T, H', W', 3]``.
+
+    ``size`` and ``crop`` mean what they mean in `resize_and_crop`; with both None, frames come at
+    native size. On ``cuda:device_id`` when ``gpu``, ready on the caller's current stream.
 
     Returns one entry per video: its frames, or the `VideoDecodeError` that names why not.
     """
@@ -56,13 +75,14 @@ def decode_dali(
         else:  # indices were checked against the probed frame count by the caller, `decode_batch`
             todo.append(k)
     if todo:
+        graph = _Graph(gpu=gpu, device_id=device_id, size=size, crop=crop)
         decoded: list[torch.Tensor | VideoDecodeError] = []
         try:
-            decoded.extend(_run([infos[k] for k in todo], [frame_indices[k] for k in todo], gpu, device_id))
+            decoded.extend(graph.run([infos[k] for k in todo], [frame_indices[k] for k in todo]))
         except _BatchFailed:
             for k in todo:
                 try:
-                    decoded.extend(_run([infos[k]], [frame_indices[k]], gpu, device_id))
+                    decoded.extend(graph.run([infos[k]], [frame_indices[k]]))
                 except _BatchFailed as e:
                     decoded.append(VideoDecodeError(infos[k].path, f"DALI failed to decode it ({e})"))
         for k, item in zip(todo, decoded, strict=True):
@@ -72,7 +92,9 @@ def decode_dali(
 
 def unsupported_codec_reason(codec: str, backend: str) -> str:
     can = (
-        ["decord"] + (["dali-cpu"] if codec in DALI_CPU_CODECS else []) + (["dali"] if codec in DALI_GPU_CODECS else [])
+        ["decord", "torchcodec"]
+        + (["dali-cpu"] if codec in DALI_CPU_CODECS else [])
+        + (["dali"] if codec in DALI_GPU_CODECS else [])
     )
     return f"backend {backend!r} cannot decode {codec}; use backend {' or '.join(repr(b) for b in can)}"
 
@@ -81,28 +103,55 @@ class _BatchFailed(RuntimeError):
     pass
 
 
-def _run(infos: Sequence[VideoInfo], indices: Sequence[np.ndarray], gpu: bool, device_id: int) -> list[torch.Tensor]:
-    batch = len(infos)
-    key = ("mixed" if gpu else "cpu", device_id if gpu else -1, _bucket(batch))
-    encoded = [np.fromfile(info.path, dtype=np.uint8) for info in infos]
-    frames = [np.ascontiguousarray(ix, dtype=np.int32) for ix in indices]
-    with _lock:
-        pipe = _pipelines.get(key) or _build(*key)
-        _pipelines[key] = pipe
-        try:
-            pipe.feed_input("encoded", encoded)
-            pipe.feed_input("frames", frames)
-            (video,) = pipe.run()
-            # DALI reuses its output buffers on the next run: copy out while we hold the lock.
-            out = [torch.from_dlpack(video[i]).clone() for i in range(batch)]
-        except RuntimeError as e:
-            # After a failed run DALI marks the pipeline invalid; build a fresh one next time.
-            _pipelines.pop(key, None)
-            raise _BatchFailed(_dali_reason(e)) from e
-    for info, tensor, ix in zip(infos, out, indices, strict=True):
-        if tensor.shape[0] != len(ix) or tensor.shape[-1] != 3:
-            raise _BatchFailed(f"{info.path}: DALI returned {list(tensor.shape)} for {len(ix)} frames")
-    return out
+class _Graph:
+    """One call's view of the cached DALI pipelines: where they run and what size they write."""
+
+    def __init__(self, *, gpu: bool, device_id: int, size: int | None, crop: int | None) -> None:
+        self.gpu, self.device_id, self.size, self.crop = gpu, device_id, size, crop
+
+    def run(self, infos: Sequence[VideoInfo], indices: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        batch = len(infos)
+        resize = self.size is not None or self.crop is not None
+        key = ("mixed" if self.gpu else "cpu", self.device_id if self.gpu else -1, _bucket(batch), resize)
+        inputs: dict[str, list[np.ndarray]] = {
+            "encoded": [np.fromfile(info.path, dtype=np.uint8) for info in infos],
+            "frames": [np.ascontiguousarray(ix, dtype=np.int32) for ix in indices],
+        }
+        if resize:
+            windows = [_source_window(info, self.size, self.crop) for info in infos]
+            inputs["out_size"] = [w[0] for w in windows]
+            inputs["roi_start"] = [w[1] for w in windows]
+            inputs["roi_end"] = [w[2] for w in windows]
+        stream = torch.cuda.current_stream(self.device_id) if self.gpu else None
+        with _lock:
+            pipe = _pipelines.get(key) or _build(*key)
+            _pipelines[key] = pipe
+            try:
+                for name, values in inputs.items():
+                    pipe.feed_input(name, values)
+                # DALI makes its outputs ready on the stream we pass: the caller's, not the host.
+                (video,) = pipe.run(stream.cuda_stream) if stream is not None else pipe.run()
+                # DALI reuses its output buffers on the next run: copy out while we hold the lock.
+                # At output size this copy is small; it is the only one on the way to torch.
+                out = [torch.from_dlpack(video[i]).clone() for i in range(batch)]
+            except RuntimeError as e:
+                # After a failed run DALI marks the pipeline invalid; build a fresh one next time.
+                _pipelines.pop(key, None)
+                raise _BatchFailed(_dali_reason(e)) from e
+        for info, tensor, ix in zip(infos, out, indices, strict=True):
+            if tensor.shape[0] != len(ix) or tensor.shape[-1] != 3:
+                raise _BatchFailed(f"{info.path}: DALI returned {list(tensor.shape)} for {len(ix)} frames")
+        return out
+
+
+def _source_window(info: VideoInfo, size: int | None, crop: int | None) -> tuple[np.ndarray, ...]:
+    """(output [H', W'], roi start [y, x], roi end [y, x]): the source pixels `resize_and_crop`
+    would keep, in source coordinates, and the size it would give them."""
+    (new_h, new_w), (top, left, out_h, out_w) = output_geometry(info.height, info.width, size=size, crop=crop)
+    scale_y, scale_x = info.height / new_h, info.width / new_w
+    start = np.array([top * scale_y, left * scale_x], dtype=np.float32)
+    end = np.array([(top + out_h) * scale_y, (left + out_w) * scale_x], dtype=np.float32)
+    return np.array([out_h, out_w], dtype=np.float32), start, end
 
 
 def _bucket(batch: int) -> int:
@@ -110,13 +159,15 @@ def _bucket(batch: int) -> int:
     return 1 << (batch - 1).bit_length()
 
 
-def _build(device: str, device_id: int, max_batch: int) -> Any:
+def _build(device: str, device_id: int, max_batch: int, resize: bool) -> Any:
     dali = import_dali()
     from nvidia.dali import fn, types
 
     @dali.pipeline_def(
         batch_size=max_batch,
-        num_threads=4,
+        # DALI's CPU threads demux and, for "dali-cpu", decode and resize; a batch's videos spread
+        # over them.
+        num_threads=max(1, min(max_batch, len(os.sched_getaffinity(0)))),
         device_id=device_id if device == "mixed" else None,
         exec_dynamic=True,
         prefetch_queue_depth=1,
@@ -124,7 +175,22 @@ def _build(device: str, device_id: int, max_batch: int) -> Any:
     def video_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        return fn.decoders.video(encoded, frames=frames, device=device)
+        video = fn.decoders.video(encoded, frames=frames, device=device)
+        if resize:
+            out_size = fn.external_source(name="out_size", dtype=types.FLOAT, ndim=1)
+            roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
+            roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
+            video = fn.resize(
+                video,
+                size=out_size,
+                roi_start=roi_start,
+                roi_end=roi_end,
+                roi_relative=False,
+                antialias=True,
+                interp_type=types.INTERP_LINEAR,
+                dtype=types.UINT8,
+            )
+        return video
 
     pipe = video_pipeline()
     pipe.build()

@@ -1,13 +1,22 @@
-"""One decoding interface over DALI (GPU and CPU) and decord.
+"""One decoding interface over DALI (GPU and CPU), torchcodec and decord.
 
 Every backend returns the frames asked for, by index in decode order, as uint8 ``[T, H, W, 3]``
-RGB at native resolution: on the GPU for ``"dali"``, on the CPU otherwise.
+RGB: at native size, or resized and centre-cropped where ``size``/``crop`` are given (inside DALI's
+graph for the DALI backends, on the CPU for the others). On the GPU for ``"dali"``, on the CPU
+otherwise.
+
+A backend is one decoder's name or a comma-separated chain of them, ``"dali,decord"``: each video
+goes to the first decoder of the chain that takes its codec, and a video that decoder fails on is
+tried by the next one that takes it. ``"auto"`` is the chain of the fastest decoders installed:
+NVDEC where CUDA and DALI are there, then the faster CPU decoder.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,48 +24,89 @@ import numpy as np
 import torch
 
 from rlt._checks import check_choice
-from rlt.pipeline._dali import DALI_GPU_CODECS, decode_dali
+from rlt.pipeline._dali import DALI_CPU_CODECS, DALI_GPU_CODECS, decode_dali, unsupported_codec_reason
 from rlt.pipeline._decord import decode_decord
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._probe import VideoInfo, probe
+from rlt.pipeline._transforms import resize_and_crop
 
-Backend = Literal["auto", "dali", "dali-cpu", "decord"]
-BACKENDS = ("auto", "dali", "dali-cpu", "decord")
+# A decoder's name, "auto", or a comma-separated chain of them ("dali,decord").
+Backend = str
+Decoder = Literal["dali", "dali-cpu", "torchcodec", "decord"]
+DECODERS: tuple[Decoder, ...] = ("dali", "dali-cpu", "torchcodec", "decord")
+BACKENDS = ("auto", *DECODERS)
+# The CPU decoders in the order "auto" prefers them, the faster first (benchmarks/bench_cpu_decode.py).
+CPU_DECODERS: tuple[Decoder, ...] = ("torchcodec", "decord")
+_CODECS: dict[str, frozenset[str] | None] = {"dali": DALI_GPU_CODECS, "dali-cpu": DALI_CPU_CODECS}
 
 
-def resolve_backend(backend: Backend) -> Literal["dali", "dali-cpu", "decord"]:
-    """The concrete backend for ``backend``: ``"auto"`` is DALI on the GPU when CUDA and DALI are
-    there, else decord."""
-    check_choice("backend", backend, BACKENDS)
-    if backend == "auto":
-        return "dali" if torch.cuda.is_available() and _dali_installed() else "decord"
-    if backend == "dali" and not torch.cuda.is_available():
+def resolve_backend(backend: Backend) -> tuple[Decoder, ...]:
+    """The decoders ``backend`` names, in the order videos are offered to them.
+
+    ``"auto"`` is ``("dali", <CPU decoder>)`` when CUDA and DALI are there, else the CPU decoder
+    alone; the CPU decoder is torchcodec where it is installed and loads, else decord.
+
+    Raises:
+        ValueError: an unknown name, or ``"dali"`` without CUDA.
+    """
+    if not isinstance(backend, str) or not backend:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} or a comma chain, got {backend!r}")
+    chain: list[Decoder] = []
+    for name in (part.strip() for part in backend.split(",")):
+        check_choice("backend", name, BACKENDS)
+        if name == "auto":
+            gpu: list[Decoder] = ["dali"] if torch.cuda.is_available() and _dali_installed() else []
+            names = [*gpu, _best_cpu_decoder()]
+        else:
+            names = [name]  # type: ignore[list-item]
+        chain += [n for n in names if n not in chain]
+    if "dali" in chain and not torch.cuda.is_available():
         raise ValueError(
             "backend 'dali' decodes on the GPU (NVDEC), but torch sees no CUDA device; "
-            "use backend 'decord' or 'dali-cpu'"
+            "use backend 'decord', 'torchcodec' or 'dali-cpu'"
         )
-    return backend
+    return tuple(chain)
+
+
+def output_device(backend: Backend) -> torch.device:
+    """Where ``backend`` puts frames: the GPU when its first decoder is ``"dali"``."""
+    return torch.device("cuda") if resolve_backend(backend)[0] == "dali" else torch.device("cpu")
+
+
+def takes(decoder: Decoder, codec: str) -> bool:
+    """Whether ``decoder`` can decode ``codec`` (FFmpeg's name for it)."""
+    codecs = _CODECS.get(decoder)
+    return codecs is None or codec in codecs
 
 
 def decode_frames(
-    path: str | Path, frame_indices: Sequence[int] | np.ndarray, *, backend: Backend = "auto", num_threads: int = 1
+    path: str | Path,
+    frame_indices: Sequence[int] | np.ndarray,
+    *,
+    backend: Backend = "auto",
+    size: int | None = None,
+    crop: int | None = None,
+    num_threads: int = 1,
 ) -> torch.Tensor:
     """Decodes the frames at ``frame_indices`` (in the order given, repeats allowed).
 
     Args:
         path: the video file.
         frame_indices: 0-based indices into the video's frames, in decode order.
-        backend: ``"dali"`` (NVDEC, GPU), ``"dali-cpu"`` (VP8/VP9/MJPEG), ``"decord"`` or ``"auto"``.
-        num_threads: decoding threads for decord.
+        backend: ``"dali"`` (NVDEC, GPU), ``"dali-cpu"`` (VP8/VP9/MJPEG), ``"torchcodec"``,
+            ``"decord"``, ``"auto"``, or a comma chain of them.
+        size: resize the short side to this (antialiased); None keeps the native size.
+        crop: centre-crop ``crop x crop`` after resizing; None keeps the whole frame.
+        num_threads: decoding threads of the CPU decoders.
 
     Returns:
-        uint8 ``[T, H, W, 3]`` RGB at native resolution, on the GPU for ``"dali"``.
+        uint8 ``[T, H, W, 3]`` RGB, on the GPU for ``"dali"``.
 
     Raises:
         VideoDecodeError: the file cannot be decoded, or an index is past its end.
         ValueError: an unknown backend, or ``"dali"`` without CUDA.
     """
-    (result,) = decode_batch([path], [frame_indices], backend=backend, num_threads=num_threads)
+    (result,) = decode_batch([path], [frame_indices], backend=backend, size=size, crop=crop, num_threads=num_threads)
     if isinstance(result, VideoDecodeError):
         raise result
     return result
@@ -67,21 +117,23 @@ def decode_batch(
     frame_indices: Sequence[Sequence[int] | np.ndarray],
     *,
     backend: Backend = "auto",
+    size: int | None = None,
+    crop: int | None = None,
     num_threads: int = 1,
     infos: Sequence[VideoInfo | None] | None = None,
 ) -> list[torch.Tensor | VideoDecodeError]:
-    """Decodes several videos at once; DALI decodes them as one batch.
+    """Decodes several videos at once; DALI decodes its share as one batch.
 
-    Returns one entry per video: its frames, or the `VideoDecodeError` saying why not. A bad file
-    never fails the others.
+    Returns one entry per video: its frames (see `decode_frames`), or the `VideoDecodeError`
+    saying why not. A bad file never fails the others.
 
     Args:
         infos: the videos' `probe` results, where the caller already has them.
     """
-    concrete = resolve_backend(backend)
+    chain = resolve_backend(backend)
     results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(paths)
     probed: list[VideoInfo | None] = list(infos) if infos is not None else [None] * len(paths)
-    wanted = []
+    todo: list[_Item] = []
     for k, (path, indices) in enumerate(zip(paths, frame_indices, strict=True)):
         array = np.asarray(indices, dtype=np.int64).reshape(-1)
         try:
@@ -90,30 +142,66 @@ def decode_batch(
         except VideoDecodeError as e:
             results[k] = e
             continue
-        wanted.append((k, info, array))
+        todo.append(_Item(k, info, array))
 
-    dali_items = [item for item in wanted if concrete in ("dali", "dali-cpu")]
-    if concrete == "dali" and backend == "auto":
-        # "auto" picks, per video, a backend that can decode its codec.
-        dali_items = [item for item in dali_items if item[1].codec in DALI_GPU_CODECS]
-    if dali_items:
-        decoded = decode_dali(
-            [info for _, info, _ in dali_items],
-            [array for _, _, array in dali_items],
-            gpu=concrete == "dali",
-            device_id=torch.cuda.current_device() if concrete == "dali" else 0,
-        )
-        for (k, _, _), item in zip(dali_items, decoded, strict=True):
-            results[k] = item
-    for k, info, array in wanted:
-        if results[k] is not None:
+    for position, decoder in enumerate(chain):
+        mine = [item for item in todo if results[item.k] is None and takes(decoder, item.info.codec)]
+        if not mine:
             continue
-        # decord, or a codec that "auto" sends past DALI.
-        try:
-            results[k] = decode_decord(info, array, num_threads=num_threads)
-        except VideoDecodeError as e:
-            results[k] = e
+        later = chain[position + 1 :]
+        for item, out in zip(mine, _decode_with(decoder, mine, size, crop, num_threads), strict=True):
+            if isinstance(out, VideoDecodeError) and any(takes(d, item.info.codec) for d in later):
+                item.error = out  # the next decoder that takes the codec tries it
+            else:
+                results[item.k] = out
+    for item in todo:
+        if results[item.k] is None:
+            results[item.k] = item.error or VideoDecodeError(
+                item.info.path, unsupported_codec_reason(item.info.codec, backend)
+            )
     return results  # type: ignore[return-value]
+
+
+@dataclass
+class _Item:
+    k: int
+    info: VideoInfo
+    indices: np.ndarray
+    error: VideoDecodeError | None = None
+
+
+def _decode_with(
+    decoder: Decoder, items: list[_Item], size: int | None, crop: int | None, num_threads: int
+) -> list[torch.Tensor | VideoDecodeError]:
+    if decoder in ("dali", "dali-cpu"):
+        gpu = decoder == "dali"
+        return decode_dali(
+            [item.info for item in items],
+            [item.indices for item in items],
+            gpu=gpu,
+            size=size,
+            crop=crop,
+            device_id=torch.cuda.current_device() if gpu else 0,
+        )
+    decode = _cpu_decoder(decoder)
+    out: list[torch.Tensor | VideoDecodeError] = []
+    for item in items:
+        try:
+            frames = decode(item.info, item.indices, num_threads=num_threads)
+        except VideoDecodeError as e:
+            out.append(e)
+            continue
+        # Resized where decoded: the clip travels on at output size.
+        out.append(resize_and_crop(frames, size=size, crop=crop))
+    return out
+
+
+def _cpu_decoder(decoder: Decoder):
+    if decoder == "torchcodec":
+        from rlt.pipeline._torchcodec import decode_torchcodec
+
+        return decode_torchcodec
+    return decode_decord
 
 
 def _check_indices(info: VideoInfo, indices: np.ndarray) -> None:
@@ -123,6 +211,21 @@ def _check_indices(info: VideoInfo, indices: np.ndarray) -> None:
         raise VideoDecodeError(info.path, f"frame index {int(indices.min())} is negative")
     if int(indices.max()) >= info.num_frames:
         raise VideoDecodeError(info.path, f"frame {int(indices.max())} asked for, but it has {info.num_frames} frames")
+
+
+@functools.cache
+def _best_cpu_decoder() -> Decoder:
+    for decoder in CPU_DECODERS:
+        if decoder == "torchcodec":
+            try:
+                from rlt.pipeline._torchcodec import import_torchcodec
+
+                import_torchcodec()
+            except (ImportError, OSError, RuntimeError):
+                # Not installed, or its FFmpeg libraries are missing: the next one serves.
+                continue
+        return decoder
+    return "decord"
 
 
 def _dali_installed() -> bool:

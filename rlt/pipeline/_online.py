@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,14 +16,13 @@ import numpy as np
 import torch
 
 from rlt._checks import check_choice
-from rlt.pipeline._decode import Backend, decode_batch, resolve_backend
+from rlt.pipeline._clips import DecodedVideo, decode_ahead, decode_clips, usable_cores
+from rlt.pipeline._decode import Backend, output_device, resolve_backend
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import ManifestRow, read_manifest
 from rlt.pipeline._packed import PackedTokens
-from rlt.pipeline._probe import VideoInfo, probe
 from rlt.pipeline._rlt import _COMPARE, _DROP_POLICY, _UNITS, Compare, DropPolicy, ThresholdUnits, run_length_tokenize
-from rlt.pipeline._sampling import ClipIndices, ClipSampling, sample_clips
-from rlt.pipeline._transforms import resize_and_crop
+from rlt.pipeline._sampling import ClipIndices, ClipSampling
 
 log = logging.getLogger(__name__)
 
@@ -134,45 +131,58 @@ def tokenize_video(
         path: the video file.
         sampling: which clips to cut and how to size them.
         rlt: the RLT stage's options.
-        backend: the decoder (see `decode_frames`).
-        device: where to tokenize; by default where the decoder put the frames.
+        backend: the decoder, or a chain of them (see `decode_batch`).
+        device: where to tokenize; by default where the backend's first decoder puts frames.
         epoch: the epoch, for training-mode clip offsets.
-        num_threads: decoding threads for decord.
+        num_threads: decoding threads of the CPU decoders.
 
     Raises:
         VideoDecodeError: the video cannot be decoded.
     """
-    (result,) = _decode_videos(
-        [(str(path), Path(path))],
-        sampling=sampling,
-        backend=backend,
-        device=device,
-        epoch=epoch,
-        num_threads=num_threads,
+    (result,) = decode_clips(
+        [(str(path), path)], sampling=sampling, backend=backend, device=device, epoch=epoch, num_threads=num_threads
     )
     if isinstance(result, VideoDecodeError):
         raise result
-    clips, frames_KTHWC, padded_KG = _with_padding(result, rlt)
-    return VideoTokens(video=str(path), clips=clips, tokens=rlt.tokenize(frames_KTHWC), padded=padded_KG)
+    batch = tokenize_clips([result], rlt)
+    return VideoTokens(video=str(path), clips=result.clips, tokens=batch.tokens, padded=batch.padded)
+
+
+def tokenize_clips(decoded: Sequence[DecodedVideo], rlt: RLTConfig) -> ClipBatch:
+    """One batch of every clip of ``decoded``, tokenized on the device the clips are on."""
+    clips = [c for item in decoded for c in item.clips]
+    frames_BTHWC = torch.cat([item.frames() for item in decoded])
+    if frames_BTHWC.shape[1] % rlt.tubelet_size:
+        raise ValueError(f"num_frames={frames_BTHWC.shape[1]} is not a multiple of tubelet_size={rlt.tubelet_size}")
+    return ClipBatch(
+        tokens=rlt.tokenize(frames_BTHWC),
+        labels=torch.tensor([item.label for item in decoded for _ in item.clips], dtype=torch.int64),
+        videos=[item.video for item in decoded for _ in item.clips],
+        clip_ids=[c.clip for c in clips],
+        frame_indices=torch.from_numpy(np.stack([c.frame_indices for c in clips])),
+        padded=torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in clips])),
+    )
 
 
 class OnlinePipeline:
     """Iterates over a manifest's videos and yields batches of tokenized clips.
 
-    Decoding runs ahead of tokenizing in a background thread (``prefetch`` batches of videos), so
-    the device tokenizes one batch while the next is being decoded.
+    A pool of ``workers`` threads decodes groups of ``videos_per_batch`` videos ahead (one DALI
+    batch per group), while the consumer tokenizes and trains on the groups before them; batches
+    come out in manifest order whatever the number of workers, so runs and resumes are exact.
 
     Args:
         manifest: CSV of ``path,label``.
         sampling: which clips to cut and how to size them.
         rlt: the RLT stage's options.
-        backend: the decoder.
-        device: where to tokenize; by default where the decoder put the frames.
+        backend: the decoder, or a chain of them (see `decode_batch`); ``"auto"`` picks per video.
+        device: where to tokenize; by default where the backend's first decoder puts frames.
         videos_per_batch: videos decoded together; a batch holds all their clips.
-        prefetch: batches decoded ahead.
+        prefetch: groups of videos decoded ahead of the consumer (at least ``workers``).
         on_error: ``"skip"`` records a video that fails in `errors` and goes on; ``"raise"`` stops.
         epoch: the epoch, for training-mode clip offsets and the shuffle (see `set_epoch`).
-        num_threads: decoding threads for decord.
+        num_threads: decoding threads of each CPU decoder.
+        workers: decoding threads; default: the cores this process may use.
         shuffle: visit the videos in an order that is a pure function of (seed, epoch).
         seed: the shuffle's seed.
         rank, world_size: this process takes every ``world_size``-th video from ``rank`` on, after
@@ -197,6 +207,7 @@ class OnlinePipeline:
         on_error: OnError = "skip",
         epoch: int = 0,
         num_threads: int = 1,
+        workers: int | None = None,
         shuffle: bool = False,
         seed: int = 0,
         rank: int = 0,
@@ -205,13 +216,17 @@ class OnlinePipeline:
         check_choice("on_error", on_error, ("raise", "skip"))
         if videos_per_batch < 1 or prefetch < 1:
             raise ValueError(f"videos_per_batch and prefetch must be >= 1, got {videos_per_batch}, {prefetch}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.manifest = read_manifest(manifest)
         self.sampling, self.rlt = sampling, rlt
-        self.backend = resolve_backend(backend)
-        self.device = device
+        resolve_backend(backend)  # fails here, not in a worker, on a bad name
+        self.backend = backend
+        self.device = torch.device(device) if device is not None else output_device(backend)
         self.videos_per_batch, self.prefetch = videos_per_batch, prefetch
+        self.workers = workers or usable_cores()
         self.on_error, self.epoch, self.num_threads = on_error, epoch, num_threads
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.errors: list[VideoDecodeError] = []
@@ -259,26 +274,14 @@ class OnlinePipeline:
         rows = self._rows()
         groups = [rows[i : i + self.videos_per_batch] for i in range(0, len(rows), self.videos_per_batch)]
         self.batches_done = self.start_batch
-        pending: deque[Future[list[_Decoded | VideoDecodeError]]] = deque()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlt-decode") as pool:
-            try:
-                for group in groups[self.start_batch :]:
-                    pending.append(pool.submit(self._decode, group))
-                    if len(pending) > self.prefetch:
-                        yield from self._consume(pending.popleft().result())
-                while pending:
-                    yield from self._consume(pending.popleft().result())
-            finally:
-                for future in pending:
-                    future.cancel()
+        ahead = max(self.prefetch, self.workers)
+        for decoded in decode_ahead(groups[self.start_batch :], self._decode, workers=self.workers, ahead=ahead):
+            # Counted before the batch is handed out: a consumer that stops after it has done this group.
+            self.batches_done += 1
+            yield from self._tokenize(decoded)
 
-    def _consume(self, decoded: list[_Decoded | VideoDecodeError]) -> Iterator[ClipBatch]:
-        # Counted before the batch is handed out: a consumer that stops after it has done this group.
-        self.batches_done += 1
-        yield from self._tokenize(decoded)
-
-    def _decode(self, group: list[ManifestRow]) -> list[_Decoded | VideoDecodeError]:
-        decoded = _decode_videos(
+    def _decode(self, group: list[ManifestRow]) -> list[DecodedVideo | VideoDecodeError]:
+        decoded = decode_clips(
             [(row.video, row.path) for row in group],
             sampling=self.sampling,
             backend=self.backend,
@@ -287,11 +290,11 @@ class OnlinePipeline:
             num_threads=self.num_threads,
         )
         for row, item in zip(group, decoded, strict=True):
-            if isinstance(item, _Decoded):
+            if isinstance(item, DecodedVideo):
                 item.label = row.label
         return decoded
 
-    def _tokenize(self, decoded: list[_Decoded | VideoDecodeError]) -> Iterator[ClipBatch]:
+    def _tokenize(self, decoded: list[DecodedVideo | VideoDecodeError]) -> Iterator[ClipBatch]:
         good = []
         for item in decoded:
             if isinstance(item, VideoDecodeError):
@@ -301,82 +304,5 @@ class OnlinePipeline:
                 self.errors.append(item)
             else:
                 good.append(item)
-        if not good:
-            return
-        clips, frames, padded, labels, videos = [], [], [], [], []
-        for item in good:
-            item_clips, frames_KTHWC, padded_KG = _with_padding(item, self.rlt)
-            clips += item_clips
-            frames.append(frames_KTHWC)
-            padded.append(padded_KG)
-            labels += [item.label] * len(item_clips)
-            videos += [item.video] * len(item_clips)
-        frames_BTHWC = torch.cat(frames)
-        yield ClipBatch(
-            tokens=self.rlt.tokenize(frames_BTHWC),
-            labels=torch.tensor(labels, dtype=torch.int64),
-            videos=videos,
-            clip_ids=[c.clip for c in clips],
-            frame_indices=torch.from_numpy(np.stack([c.frame_indices for c in clips])),
-            padded=torch.cat(padded),
-        )
-
-
-@dataclass
-class _Decoded:
-    video: str
-    info: VideoInfo
-    clips: list[ClipIndices]
-    frames_KTHWC: torch.Tensor
-    label: int = -1
-
-
-def _decode_videos(
-    videos: list[tuple[str, Path]],
-    *,
-    sampling: ClipSampling,
-    backend: Backend,
-    device: torch.device | str | None,
-    epoch: int,
-    num_threads: int,
-) -> list[_Decoded | VideoDecodeError]:
-    """Decodes each video's clips at once (the union of their frames), resized and cropped."""
-    results: list[_Decoded | VideoDecodeError | None] = [None] * len(videos)
-    todo = []
-    for k, (video, path) in enumerate(videos):
-        try:
-            info = probe(path)
-        except VideoDecodeError as e:
-            results[k] = VideoDecodeError(video, e.reason)
-            continue
-        clips = sample_clips(info.num_frames, sampling, source_fps=info.fps, video_key=video, epoch=epoch)
-        union = np.unique(np.concatenate([c.frame_indices for c in clips]))
-        todo.append((k, video, info, clips, union))
-    decoded = decode_batch(
-        [info.path for _, _, info, _, _ in todo],
-        [union for *_, union in todo],
-        backend=backend,
-        num_threads=num_threads,
-        infos=[info for _, _, info, _, _ in todo],
-    )
-    for (k, video, info, clips, union), frames in zip(todo, decoded, strict=True):
-        if isinstance(frames, VideoDecodeError):
-            results[k] = VideoDecodeError(video, frames.reason)
-            continue
-        if device is not None:
-            frames = frames.to(device, non_blocking=True)
-        frames = resize_and_crop(frames, size=sampling.size, crop=sampling.crop)
-        position = {int(f): i for i, f in enumerate(union)}
-        order = torch.tensor(
-            [[position[int(f)] for f in c.frame_indices] for c in clips], dtype=torch.int64, device=frames.device
-        )
-        results[k] = _Decoded(video=video, info=info, clips=clips, frames_KTHWC=frames[order])
-    return results  # type: ignore[return-value]
-
-
-def _with_padding(item: _Decoded, rlt: RLTConfig) -> tuple[list[ClipIndices], torch.Tensor, torch.Tensor]:
-    t = item.frames_KTHWC.shape[1]
-    if t % rlt.tubelet_size:
-        raise ValueError(f"num_frames={t} is not a multiple of tubelet_size={rlt.tubelet_size}")
-    padded_KG = torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in item.clips]))
-    return item.clips, item.frames_KTHWC, padded_KG
+        if good:
+            yield tokenize_clips(good, self.rlt)
