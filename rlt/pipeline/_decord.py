@@ -27,7 +27,11 @@ def import_decord():
 
 
 def decode_decord(info: VideoInfo, frame_indices: np.ndarray, *, num_threads: int = 1) -> torch.Tensor:
-    """Decodes ``frame_indices`` of a probed video: uint8 ``[T, H, W, 3]`` on the CPU."""
+    """Decodes ``frame_indices`` of a probed video: uint8 ``[T, H, W, 3]`` on the CPU.
+
+    Increasing indices (what the pipeline asks for) come back in decord's own array, uncopied;
+    repeated or unordered ones are decoded once each and gathered into a new array.
+    """
     decord = import_decord()
     try:
         reader = decord.VideoReader(info.path, ctx=decord.cpu(0), num_threads=num_threads)
@@ -39,7 +43,11 @@ def decode_decord(info: VideoInfo, frame_indices: np.ndarray, *, num_threads: in
             raise VideoDecodeError(
                 info.path, f"frame {int(frame_indices.max())} asked for, but decord finds {available} frames"
             )
-        unique, inverse = np.unique(frame_indices, return_inverse=True)
+        # The pipeline asks for increasing indices: decord's array is then the answer as it is, and a
+        # gather would only copy every frame once more.
+        unique, inverse = frame_indices, None
+        if not np.all(frame_indices[1:] > frame_indices[:-1]):
+            unique, inverse = np.unique(frame_indices, return_inverse=True)
         try:
             frames = reader.get_batch(unique.tolist()).asnumpy()
         except decord.DECORDError as e:
@@ -55,7 +63,7 @@ def decode_decord(info: VideoInfo, frame_indices: np.ndarray, *, num_threads: in
     finally:
         # decord holds decoded frames in its reader; dropping it at once bounds its memory growth.
         del reader
-    return torch.from_numpy(frames[inverse])
+    return torch.from_numpy(frames if inverse is None else frames[inverse])
 
 
 def _read_padded_rows(reader, indices: np.ndarray, info: VideoInfo) -> np.ndarray:
