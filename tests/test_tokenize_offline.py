@@ -90,7 +90,8 @@ def test_columns_read_only_what_is_asked(tmp_path: Path, samples: Path) -> None:
 def test_rerun_is_a_no_op_and_extra_rows_are_incremental(tmp_path: Path, samples: Path) -> None:
     lines = samples.read_text().splitlines()
     first = tmp_path / "first.csv"
-    first.write_text("\n".join(lines[:6]) + "\n")  # header and 5 videos: shards of 2, 2, 1
+    # Header and 5 videos. Two workers want 4 tasks each, so the asked 2 videos per shard becomes 1.
+    first.write_text("\n".join(lines[:6]) + "\n")
     shutil.copy(samples.parent / lines[1].split(",")[0], tmp_path)  # relative paths resolve here
     for line in lines[1:]:
         name = line.split(",")[0]
@@ -98,7 +99,7 @@ def test_rerun_is_a_no_op_and_extra_rows_are_incremental(tmp_path: Path, samples
             shutil.copy(samples.parent / name, tmp_path)
     out = tmp_path / "out"
     summary = tokenize_dataset(first, out, CONFIG)
-    assert (summary.videos, summary.shards, summary.shards_written) == (5, 3, 3)
+    assert (summary.videos, summary.shards, summary.shards_written) == (5, 5, 5)
     before = checksums(out)
 
     again = tokenize_dataset(first, out, CONFIG)
@@ -107,7 +108,7 @@ def test_rerun_is_a_no_op_and_extra_rows_are_incremental(tmp_path: Path, samples
     full = tmp_path / "full.csv"
     full.write_text("\n".join(lines) + "\n")  # 3 more videos
     grown = tokenize_dataset(full, out, CONFIG)
-    assert (grown.videos, grown.shards_written) == (8, 2)
+    assert (grown.videos, grown.shards_written) == (8, 3)
     after = checksums(out)
     assert {k: after[k] for k in before} == before  # old shards untouched
     assert sorted({r.video for r in open_dataset(out, columns=["video"])}) == sorted(
@@ -122,7 +123,7 @@ def test_other_configuration_refuses_unless_overwrite(tmp_path: Path, samples: P
     with pytest.raises(ConfigMismatchError, match=r"rlt\.threshold: 0\.1 in the dataset, 0\.2 now"):
         tokenize_dataset(samples, out, other)
     summary = tokenize_dataset(samples, out, other, overwrite=True)
-    assert summary.shards_written == summary.shards == 4
+    assert summary.shards_written == summary.shards == 8
     assert open_dataset(out).config["rlt"]["threshold"] == 0.2
 
 
@@ -155,7 +156,7 @@ def test_a_damaged_shard_is_detected_and_named(tmp_path: Path, samples: Path, da
     dataset = open_dataset(out)
     assert dataset[0].tokens is not None  # shard 0 is fine
     with pytest.raises(CorruptShardError, match="shard-00001") as raised:
-        dataset[4]  # shard 0 holds rows 0-3 (two videos, two clips each)
+        dataset[2]  # two workers want 4 tasks each: one video per shard, so shard 0 holds rows 0-1
     expected = {"truncate": "truncated", "alter": "altered", "delete": "missing"}[damage]
     assert expected in raised.value.reason
 
@@ -178,7 +179,7 @@ def test_missing_or_unknown_index(tmp_path: Path, samples: Path) -> None:
 def run_cli(manifest: Path, out: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "rlt", "tokenize", str(manifest), str(out), "--shard-size", "1",
                "--num-frames", "8", "--frame-interval", "2", "--clips-per-video", "2", "--size", "64",
-               "--backend", "decord", "--workers", "1"]  # fmt: skip
+               "--backend", "decord", "--workers", "2"]  # fmt: skip
     # A session of its own, so that kill -9 takes the job's embedded Ray down with it.
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 

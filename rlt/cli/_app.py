@@ -29,7 +29,13 @@ app = typer.Typer(
 )
 console = Console()
 
-Backend = Annotated[str, typer.Option(help=f"decoder: {' | '.join(BACKENDS)}")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        help=f"decoder: {' | '.join(BACKENDS)}, or a chain such as dali,decord (each video goes to the first "
+        "that takes its codec; auto: NVDEC where there is a GPU, then the fastest CPU decoder installed)"
+    ),
+]
 
 
 @app.callback()
@@ -69,7 +75,7 @@ def demo(
         manifest,
         sampling=ClipSampling(clips_per_video=2),
         rlt=RLTConfig(threshold=threshold),
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
         on_error="skip",
     )
     table = Table("video", "clip", "tokens kept", "of dense", "kept %", "mean run (tubelets)")
@@ -100,7 +106,7 @@ def demo(
         shard_size=max(videos // 4, 1),
         sampling=ClipSampling(clips_per_video=2),
         rlt=RLTConfig(threshold=threshold),
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
     )
     summary = _run_tokenize(manifest, dataset, config, None, None, overwrite=True)
     _print_summary(summary)
@@ -162,10 +168,13 @@ def tokenize(
     ray_address: Annotated[
         str | None, typer.Option(help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="tasks at once (default: all CPUs)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="tasks at once (default: the usable cores; 1 runs in this process, no Ray)")
+    ] = None,
     gpus_per_task: Annotated[
         float | None, typer.Option(help="GPU fraction per task (default: 0.25 where the cluster has GPUs)")
     ] = None,
+    videos_per_batch: Annotated[int, typer.Option(help="videos decoded together in a task (one DALI batch)")] = 8,
     overwrite: Annotated[bool, typer.Option(help="replace a dataset made with other options")] = False,
 ) -> None:
     """Decodes and tokenizes every video once, into a sharded Zarr or Arrow dataset, on Ray.
@@ -185,9 +194,9 @@ def tokenize(
                 crop=size,
             ),
             rlt=RLTConfig(threshold=threshold, compare=compare),  # type: ignore[arg-type]
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend,
         )
-        summary = _run_tokenize(manifest, out, config, ray_address, workers, overwrite, gpus_per_task)
+        summary = _run_tokenize(manifest, out, config, ray_address, workers, overwrite, gpus_per_task, videos_per_batch)
     _print_summary(summary)
     if summary.failed:
         raise typer.Exit(code=EXIT_SOME_FAILED)
@@ -201,6 +210,7 @@ def _run_tokenize(
     workers: int | None,
     overwrite: bool,
     gpus_per_task: float | None = None,
+    videos_per_batch: int = 8,
 ) -> JobSummary:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -233,6 +243,7 @@ def _run_tokenize(
             workers=workers,
             overwrite=overwrite,
             gpus_per_task=gpus_per_task,
+            videos_per_batch=videos_per_batch,
             on_progress=update,
         )
 
@@ -279,7 +290,7 @@ def stats(
                 sample=sample,
                 target_reduction=target_reduction,
                 rlt=RLTConfig(compare=compare),  # type: ignore[arg-type]
-                backend=backend,  # type: ignore[arg-type]
+                backend=backend,
             )
             print_sweep(report, console)
         elif dataset is not None:
@@ -358,7 +369,7 @@ def train_command(
             seed=seed,
             num_workers=workers,
             videos_per_batch=videos_per_batch,
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend,
             checkpoint_every=checkpoint_every,
         )
         sampling = ClipSampling(num_frames=num_frames, frame_interval=frame_interval, size=size, crop=size)
@@ -424,7 +435,7 @@ def eval_command(
             data,
             clips_per_video=clips_per_video,
             max_tokens=max_tokens,
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend,
         )
     table = Table("eval", result.checkpoint)
     table.add_row("top-1", f"{100 * result.top1:.2f}% of {result.videos} videos")

@@ -1,15 +1,17 @@
 """The online path: video files to clips on the device, tokenized where the frames are."""
 
-from rlt.pipeline._clips import DecodedVideo, decode_clips
+from rlt.pipeline._clips import DecodedVideo, decode_ahead, decode_clips, usable_cores
 from rlt.pipeline._decode import (
     BACKENDS,
     DECODERS,
     Backend,
     Decoder,
+    check_backend,
     decode_batch,
     decode_frames,
     output_device,
     resolve_backend,
+    warm_up_decoders,
 )
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import Manifest, ManifestRow, read_manifest
@@ -39,6 +41,8 @@ __all__ = [
     "VideoDecodeError",
     "VideoInfo",
     "VideoTokens",
+    "check_backend",
+    "decode_ahead",
     "decode_batch",
     "decode_clips",
     "decode_frames",
@@ -52,4 +56,6 @@ __all__ = [
     "sample_clips",
     "tokenize_clips",
     "tokenize_video",
+    "usable_cores",
+    "warm_up_decoders",
 ]

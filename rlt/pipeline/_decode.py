@@ -49,11 +49,8 @@ def resolve_backend(backend: Backend) -> tuple[Decoder, ...]:
     Raises:
         ValueError: an unknown name, or ``"dali"`` without CUDA.
     """
-    if not isinstance(backend, str) or not backend:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} or a comma chain, got {backend!r}")
     chain: list[Decoder] = []
-    for name in (part.strip() for part in backend.split(",")):
-        check_choice("backend", name, BACKENDS)
+    for name in check_backend(backend):
         if name == "auto":
             gpu: list[Decoder] = ["dali"] if torch.cuda.is_available() and _dali_installed() else []
             names = [*gpu, _best_cpu_decoder()]
@@ -66,6 +63,20 @@ def resolve_backend(backend: Backend) -> tuple[Decoder, ...]:
             "use backend 'decord', 'torchcodec' or 'dali-cpu'"
         )
     return tuple(chain)
+
+
+def check_backend(backend: Backend) -> list[str]:
+    """The names of ``backend``'s chain, each checked against `BACKENDS` (CUDA is not asked for).
+
+    Raises:
+        ValueError: an unknown name, or not a string.
+    """
+    if not isinstance(backend, str) or not backend:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} or a comma chain, got {backend!r}")
+    names = [part.strip() for part in backend.split(",")]
+    for name in names:
+        check_choice("backend", name, BACKENDS)
+    return names
 
 
 def output_device(backend: Backend) -> torch.device:
@@ -194,6 +205,23 @@ def _decode_with(
         # Resized where decoded: the clip travels on at output size.
         out.append(resize_and_crop(frames, size=size, crop=crop))
     return out
+
+
+def warm_up_decoders(chain: Sequence[Decoder]) -> None:
+    """Imports the decoders of ``chain`` now, so that the first video does not wait for it."""
+    for decoder in chain:
+        if decoder in ("dali", "dali-cpu"):
+            from rlt.pipeline._dali import import_dali
+
+            import_dali()
+        elif decoder == "torchcodec":
+            from rlt.pipeline._torchcodec import import_torchcodec
+
+            import_torchcodec()
+        else:
+            from rlt.pipeline._decord import import_decord
+
+            import_decord()
 
 
 def _cpu_decoder(decoder: Decoder):

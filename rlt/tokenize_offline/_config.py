@@ -7,7 +7,7 @@ from typing import Any
 
 from rlt._checks import check_choice
 from rlt.dataset import STORAGES, Storage
-from rlt.pipeline import BACKENDS, Backend, ClipSampling, RLTConfig
+from rlt.pipeline import Backend, ClipSampling, RLTConfig, check_backend
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class TokenizeConfig:
         shard_size: videos per shard.
         sampling: which clips to cut and how to size them.
         rlt: the RLT stage's options.
-        backend: the decoder.
+        backend: the decoder, or a chain of them (``"dali,decord"``; see `rlt.pipeline.decode_batch`).
     """
 
     storage: Storage = "arrow"
@@ -36,7 +36,7 @@ class TokenizeConfig:
         check_choice("storage", self.storage, STORAGES)
         if not (isinstance(self.shard_size, int) and self.shard_size >= 1):
             raise ValueError(f"shard_size must be an int >= 1, got {self.shard_size!r}")
-        check_choice("backend", self.backend, BACKENDS)
+        check_backend(self.backend)
         if self.sampling.crop is None:
             raise ValueError("offline datasets need a fixed clip size: set sampling.crop")
         if self.sampling.crop % self.rlt.patch_size:

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from rlt.dataset import FORMAT, FORMAT_VERSION, INDEX, SHARDS, open_atomic, read_index, write_json_atomic
-from rlt.pipeline import read_manifest
+from rlt.pipeline import read_manifest, usable_cores
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._shard import ShardSpec, read_meta, run_shard, shard_folder
 
 log = logging.getLogger(__name__)
 
 PLAN = "plan.json"
+TASKS_PER_WORKER = 4
 ERRORS = "errors.jsonl"
 
 
@@ -82,6 +84,7 @@ def tokenize_dataset(
     workers: int | None = None,
     overwrite: bool = False,
     gpus_per_task: float | None = None,
+    videos_per_batch: int = 8,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> JobSummary:
     """Decodes and tokenizes every video of ``manifest`` once, into sharded files under ``out``.
@@ -92,9 +95,12 @@ def tokenize_dataset(
         config: sampling, RLT options, storage and shard size.
         ray_address: an existing Ray cluster (``ray://`` or ``host:port``); default is the
             ``RAY_ADDRESS`` environment variable, else an embedded local Ray.
-        workers: tasks in flight at once (and CPUs of the embedded Ray); default: all CPUs.
+        workers: tasks in flight at once (and CPUs of the embedded Ray); default: the cores this
+            process may use (a cluster's CPUs with ``ray_address``). One embedded worker runs the
+            shards in this process: starting Ray would cost more than it brings.
         overwrite: replace a dataset in ``out`` made with another configuration.
         gpus_per_task: GPU fraction each task asks Ray for; default 0.25 where the cluster has GPUs.
+        videos_per_batch: videos decoded together inside a shard (one DALI batch).
         on_progress: called after each committed shard.
 
     Raises:
@@ -102,34 +108,40 @@ def tokenize_dataset(
     """
     started = time.perf_counter()
     out = Path(out)
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if videos_per_batch < 1:
+        raise ValueError(f"videos_per_batch must be >= 1, got {videos_per_batch}")
     rows = read_manifest(manifest)
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         _remove_dataset(out)
-    plan = _extend_plan(out, rows, config)
-    specs = [ShardSpec(s["name"], tuple(tuple(v) for v in s["videos"])) for s in plan["shards"]]
-    pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
-    total_videos = sum(len(s.videos) for s in specs)
     written = 0
     task_seconds = work_seconds = 0.0
-    if pending or not (out / INDEX).is_file():
-        # Until the index is rewritten, the folder must not look like a finished dataset.
-        (out / INDEX).unlink(missing_ok=True)
-        counts = Progress(0, total_videos, 0, 0, 0, 0)
-        for s in specs:
-            if s not in pending:
-                _add(counts, read_meta(shard_folder(out, s.name)))
-        if on_progress:
-            on_progress(counts)
-        for result in _run_on_ray(out, pending, config, ray_address, workers, gpus_per_task):
-            written += not result["skipped"]
-            task_seconds += result["seconds"]
-            work_seconds += result["work_seconds"]
-            _add(counts, result["meta"])
+    with _Executor(config, ray_address, workers, gpus_per_task, videos_per_batch) as executor:
+        # The workers import torch and the decoders while the plan is written.
+        plan = _extend_plan(out, rows, config, executor.workers)
+        specs = [ShardSpec(s["name"], tuple(tuple(v) for v in s["videos"])) for s in plan["shards"]]
+        pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
+        total_videos = sum(len(s.videos) for s in specs)
+        if pending or not (out / INDEX).is_file():
+            # Until the index is rewritten, the folder must not look like a finished dataset.
+            (out / INDEX).unlink(missing_ok=True)
+            counts = Progress(0, total_videos, 0, 0, 0, 0)
+            for s in specs:
+                if s not in pending:
+                    _add(counts, read_meta(shard_folder(out, s.name)))
             if on_progress:
                 on_progress(counts)
-        _write_index(out, plan, specs, config)
-        _remove_leftovers(out)
+            for result in executor.run(out, pending):
+                written += not result["skipped"]
+                task_seconds += result["seconds"]
+                work_seconds += result["work_seconds"]
+                _add(counts, result["meta"])
+                if on_progress:
+                    on_progress(counts)
+            _write_index(out, plan, specs, config)
+            _remove_leftovers(out)
     index = read_index(out)
     totals = index["totals"]
     return JobSummary(
@@ -156,7 +168,7 @@ def _add(counts: Progress, meta: dict[str, Any]) -> None:
     counts.failed += meta["failed"]
 
 
-def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig) -> dict[str, Any]:
+def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig, workers: int) -> dict[str, Any]:
     path = out / PLAN
     wanted = config.to_dict()
     if path.is_file():
@@ -181,12 +193,17 @@ def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig) -> dict[str, 
             new.append([row.video, str(row.path.resolve()), row.label])
     if new or not path.is_file():
         first = len(plan["shards"])
-        for k in range(0, len(new), config.shard_size):
-            plan["shards"].append(
-                {"name": f"shard-{first + k // config.shard_size:05d}", "videos": new[k : k + config.shard_size]}
-            )
+        size = shard_size(len(new), config.shard_size, workers)
+        for k in range(0, len(new), size):
+            plan["shards"].append({"name": f"shard-{first + k // size:05d}", "videos": new[k : k + size]})
         write_json_atomic(path, plan)
     return plan
+
+
+def shard_size(videos: int, largest: int, workers: int) -> int:
+    """Videos per shard: at most ``largest``, and few enough that every worker gets
+    `TASKS_PER_WORKER` tasks, so that uneven videos still leave no worker idle at the end."""
+    return max(1, min(largest, math.ceil(videos / (TASKS_PER_WORKER * workers))))
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
@@ -222,48 +239,93 @@ def _remove_leftovers(out: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_on_ray(
-    out: Path,
-    pending: list[ShardSpec],
-    config: TokenizeConfig,
-    address: str | None,
-    workers: int | None,
-    gpus_per_task: float | None,
-) -> Any:
-    """Runs the pending shards as Ray tasks and yields each one's result as it completes."""
-    if not pending:
-        return
-    import ray
+class _Executor:
+    """Runs shards: on Ray (embedded or a cluster), or in this process for one embedded worker.
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            ray.init(
-                num_cpus=workers or os.cpu_count(),
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                object_store_memory=200 * 1024 * 1024,
-            )
-    try:
+    Entered before the plan is written, so Ray's start and the workers' imports overlap it.
+    """
+
+    def __init__(
+        self,
+        config: TokenizeConfig,
+        address: str | None,
+        workers: int | None,
+        gpus_per_task: float | None,
+        videos_per_batch: int,
+    ) -> None:
+        self.config, self.videos_per_batch = config, videos_per_batch
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.in_process = self.address is None and (workers or usable_cores()) == 1
+        self.requested, self.gpus_per_task = workers, gpus_per_task or 0.0
+        self.auto_gpus = gpus_per_task is None
+        self.workers = 1
+        self._started_ray = False
+
+    def __enter__(self) -> _Executor:
+        if self.in_process:
+            return self
+        import ray
+
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, logging_level=logging.WARNING)
+            else:
+                ray.init(
+                    num_cpus=self.requested or usable_cores(),
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    object_store_memory=200 * 1024 * 1024,
+                )
+            self._started_ray = True
         resources = ray.cluster_resources()
-        if gpus_per_task is None:
-            gpus_per_task = 0.25 if resources.get("GPU", 0) > 0 else 0.0
+        if self.auto_gpus:
+            self.gpus_per_task = 0.25 if resources.get("GPU", 0) > 0 else 0.0
+        self.workers = self.requested or max(int(resources.get("CPU", 1)), 1)
+        warm = ray.remote(num_cpus=1, num_gpus=self.gpus_per_task)(_warm_up)
+        self._warming = [warm.remote(self.config.backend) for _ in range(self.workers)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+
+    def run(self, out: Path, pending: list[ShardSpec]) -> Iterator[dict[str, Any]]:
+        """Runs the pending shards and yields each one's result as it completes."""
+        if self.in_process:
+            for spec in pending:
+                yield run_shard(out, spec, self.config, videos_per_batch=self.videos_per_batch)
+            return
+        if not pending:
+            return
+        import ray
+
         # Ray re-runs a task whose worker or node died; application errors are not retried.
-        task = ray.remote(num_cpus=1, num_gpus=gpus_per_task, max_retries=5)(run_shard)
-        limit = workers or max(int(resources.get("CPU", 1)), 1)
+        task = ray.remote(num_cpus=1, num_gpus=self.gpus_per_task, max_retries=5)(run_shard)
         queue = list(pending)
         running: list[Any] = []
         while queue or running:
-            while queue and len(running) < limit:
-                running.append(task.remote(str(out), queue.pop(0), config))
+            while queue and len(running) < self.workers:
+                # Ray's type stubs know no keyword arguments; Ray passes them on.
+                running.append(
+                    task.remote(  # type: ignore[call-arg]
+                        str(out), queue.pop(0), self.config, videos_per_batch=self.videos_per_batch
+                    )
+                )
             done, running = ray.wait(running, num_returns=1)
             yield ray.get(done[0])
-    finally:
-        if started_here:
-            ray.shutdown()
+
+
+def _warm_up(backend: str) -> None:
+    """Imports what a shard task needs, so that the first shard does not wait for it."""
+    from rlt.pipeline import resolve_backend, warm_up_decoders
+
+    try:
+        warm_up_decoders(resolve_backend(backend))
+    except ImportError:
+        # The shard tasks meet the same error and report it with the video it stopped.
+        return
 
 
 def _write_index(out: Path, plan: dict[str, Any], specs: list[ShardSpec], config: TokenizeConfig) -> None:
@@ -303,6 +365,7 @@ def _versions() -> dict[str, str]:
         "torch",
         "numpy",
         "decord",
+        "torchcodec",
         "nvidia-dali-cuda120",
         "nvidia-dali-cuda130",
         "zarr",

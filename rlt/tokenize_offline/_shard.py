@@ -29,7 +29,14 @@ from rlt.dataset import (
     write_json_atomic,
     write_rows,
 )
-from rlt.pipeline import VideoDecodeError, resolve_backend, tokenize_video
+from rlt.pipeline import (
+    DecodedVideo,
+    VideoDecodeError,
+    decode_ahead,
+    decode_clips,
+    resolve_backend,
+    tokenize_clips,
+)
 from rlt.tokenize_offline._config import TokenizeConfig
 
 
@@ -45,41 +52,59 @@ def shard_folder(out: Path, name: str) -> Path:
     return out / SHARDS / name
 
 
-def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig) -> dict[str, Any]:
-    """Writes shard ``spec`` under ``out`` unless it is already there; returns its meta and timing."""
+def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, videos_per_batch: int = 8) -> dict[str, Any]:
+    """Writes shard ``spec`` under ``out`` unless it is already there; returns its meta and timing.
+
+    The shard's videos are decoded ``videos_per_batch`` at a time (one DALI batch), the next group
+    decoding while this one is tokenized.
+    """
     out = Path(out)
     final = shard_folder(out, spec.name)
     if final.is_dir():
         return {"meta": read_meta(final), "seconds": 0.0, "work_seconds": 0.0, "skipped": True}
     started = time.perf_counter()
-    backend = resolve_backend(config.backend)
-    device = "cuda" if backend == "dali" or (torch.cuda.is_available() and backend == "decord") else "cpu"
+    chain = resolve_backend(config.backend)
+    # The GPU tokenizes wherever one is there, whichever decoder fed it.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    videos = [(video, path) for video, path, _ in spec.videos]
+    groups = [videos[i : i + videos_per_batch] for i in range(0, len(videos), videos_per_batch)]
+    labels = {video: label for video, _, label in spec.videos}
     rows: list[ClipRecord] = []
     errors = []
     dense = 0
-    for video, path, label in spec.videos:
-        try:
-            result = tokenize_video(path, sampling=config.sampling, rlt=config.rlt, backend=backend, device=device)
-        except VideoDecodeError as e:
-            errors.append({"video": video, "reason": e.reason})
-            continue
-        packed = result.tokens.to("cpu")
-        dense += packed.dense_tokens
-        for k, clip in enumerate(result.clips):
-            one = packed.clip(k)
-            rows.append(
-                ClipRecord(
-                    video=video,
-                    label=label,
-                    clip=clip.clip,
-                    frame_indices=clip.frame_indices,
-                    padded=result.padded[k].numpy(),
-                    num_tokens=one.num_tokens,
-                    positions=one.positions.numpy(),
-                    lengths=one.lengths.numpy(),
-                    tokens=one.tokens.numpy(),
+
+    def decode(group: list[tuple[str, str]]) -> list[DecodedVideo | VideoDecodeError]:
+        return decode_clips(group, sampling=config.sampling, backend=config.backend, device=device)
+
+    for decoded in decode_ahead(groups, decode, workers=1, ahead=1):
+        good = []
+        for item in decoded:
+            if isinstance(item, VideoDecodeError):
+                errors.append({"video": item.path, "reason": item.reason})
+            else:
+                item.label = labels[item.video]
+                good.append(item)
+        # "random" draws its drops over a whole batch: one video at a time keeps a clip's draw
+        # independent of which videos share its batch.
+        batches = [[item] for item in good] if config.rlt.drop_policy == "random" else [good] if good else []
+        for batch in (tokenize_clips(b, config.rlt) for b in batches):
+            packed = batch.tokens.to("cpu")
+            dense += packed.dense_tokens
+            for k in range(packed.num_clips):
+                one = packed.clip(k)
+                rows.append(
+                    ClipRecord(
+                        video=batch.videos[k],
+                        label=int(batch.labels[k]),
+                        clip=batch.clip_ids[k],
+                        frame_indices=batch.frame_indices[k].numpy(),
+                        padded=batch.padded[k].numpy(),
+                        num_tokens=one.num_tokens,
+                        positions=one.positions.numpy(),
+                        lengths=one.lengths.numpy(),
+                        tokens=one.tokens.numpy(),
+                    )
                 )
-            )
     work_seconds = time.perf_counter() - started  # decoding and RLT; the rest is writing and committing
     tmp = out / SHARDS / f".tmp-{spec.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -98,7 +123,7 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig) -> dict[
             "videos": len(spec.videos),
             "failed": len(errors),
             "errors": errors,
-            "decoder": backend,
+            "decoder": ",".join(chain),
             "files": files,
             "bytes": sum(f["bytes"] for f in files),
             "checksum": checksum(files),
