@@ -139,3 +139,109 @@ def test_resize_and_crop() -> None:
     assert out[0, 30, 25, 0].item() == 0 and out[0, 30, 35, 0].item() == 200
     assert resize_and_crop(frames, size=None, crop=None).shape == frames.shape
     assert resize_and_crop(frames, size=None, crop=100).shape == (2, 100, 100, 3)
+
+
+# Every core busy, decisions per video, DALI's graph against the CPU path ---------------------------
+
+
+def assert_same_batches(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.videos == y.videos and x.clip_ids == y.clip_ids and torch.equal(x.labels, y.labels)
+        assert torch.equal(x.tokens.tokens, y.tokens.tokens) and torch.equal(x.tokens.lengths, y.tokens.lengths)
+        assert torch.equal(x.tokens.positions, y.tokens.positions)
+
+
+def test_a_pool_of_workers_keeps_order_determinism_and_exact_resume(tmp_path: Path, videos: dict[str, Path]) -> None:
+    kinds = ["h264", "vp9", "mjpeg", "odd_size", "gray", "h264_vfr", "vp9_vfr", "small"]
+    manifest = write_manifest(tmp_path, [(str(videos[k]), str(i % 3)) for i, k in enumerate(kinds)])
+    options = {"sampling": SMALL, "backend": "decord", "videos_per_batch": 2, "shuffle": True, "seed": 5}
+    one = list(OnlinePipeline(manifest, workers=1, **options))  # type: ignore[arg-type]
+    pool = OnlinePipeline(manifest, workers=3, prefetch=1, **options)  # type: ignore[arg-type]
+    assert_same_batches(one, list(pool))
+
+    # Stop after two groups, then resume from the state: the rest matches, nothing twice.
+    stopped = OnlinePipeline(manifest, workers=3, **options)  # type: ignore[arg-type]
+    first = []
+    for batch in stopped:
+        first.append(batch)
+        if len(first) == 2:
+            break
+    resumed = OnlinePipeline(manifest, workers=2, **options)  # type: ignore[arg-type]
+    resumed.load_state_dict(stopped.state_dict())
+    assert_same_batches(first + list(resumed), one)
+
+
+def test_workers_default_to_the_usable_cores(tmp_path: Path, videos: dict[str, Path]) -> None:
+    import os
+
+    pipeline = OnlinePipeline(write_manifest(tmp_path, [(str(videos["h264"]), "0")]), backend="decord")
+    assert pipeline.workers == len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        OnlinePipeline(write_manifest(tmp_path, [(str(videos["h264"]), "0")]), backend="decord", workers=0)
+
+
+def test_a_chain_decides_per_video_in_the_online_pipeline(tmp_path: Path, videos: dict[str, Path]) -> None:
+    # dali-cpu stands in for NVDEC here: VP9 and MJPEG go to DALI, H.264 to decord.
+    kinds = ["h264", "vp9", "mjpeg", "odd_size", "vp9_vfr"]
+    manifest = write_manifest(tmp_path, [(str(videos[k]), "0") for k in kinds])
+    (batch,) = list(OnlinePipeline(manifest, sampling=SMALL, backend="dali-cpu,decord", videos_per_batch=8))
+    assert batch.videos == [str(videos[k]) for k in kinds for _ in (0, 1)]
+    for k, kind in enumerate(kinds):
+        alone = "decord" if kind in ("h264", "odd_size") else "dali-cpu"
+        tokens = tokenize_video(videos[kind], sampling=SMALL, backend=alone).tokens
+        for clip in range(2):
+            assert torch.equal(batch.tokens.clip(2 * k + clip).tokens, tokens.clip(clip).tokens), kind
+
+
+def test_dali_keep_masks_agree_with_the_decord_path(tmp_path: Path) -> None:
+    from rlt.pipeline import read_manifest
+    from rlt.samples import make_samples
+
+    manifest = make_samples(tmp_path, num_videos=4, num_frames=48, height=180, width=320, codec="vp9")
+    sampling = ClipSampling(num_frames=16, frame_interval=2, clips_per_video=2, size=112, crop=112)
+    agree = total = kept = 0
+    for row in read_manifest(manifest).rows:
+        dali = tokenize_video(row.path, sampling=sampling, backend="dali-cpu").tokens.keep
+        decord = tokenize_video(row.path, sampling=sampling, backend="decord").tokens.keep
+        # Tubelet 0 is always kept: count the decisions RLT makes.
+        agree += int((dali[:, 1:] == decord[:, 1:]).sum())
+        total += dali[:, 1:].numel()
+        kept += int(decord[:, 1:].sum())
+    assert 0 < kept < total  # the clips have both static and moving patches
+    assert agree / total >= 0.97
+
+
+@pytest.mark.needs_cuda
+def test_decode_to_rlt_has_one_host_synchronisation(tmp_path: Path, videos: dict[str, Path]) -> None:
+    import warnings
+
+    from rlt.pipeline import decode_clips, tokenize_clips
+
+    (decoded,) = decode_clips([("v", videos["h264"])], sampling=SMALL, backend="dali")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tokenize_clips([decoded], RLTConfig())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    # keep.nonzero() sizes the packed output; nothing else waits for the GPU.
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
+
+
+@pytest.mark.needs_cuda
+def test_cpu_decoded_clips_reach_the_gpu_like_the_cpu_path(tmp_path: Path, videos: dict[str, Path]) -> None:
+    manifest = write_manifest(tmp_path, [(str(videos[k]), "0") for k in ("h264", "vp9", "mjpeg")])
+    on_gpu = list(OnlinePipeline(manifest, sampling=SMALL, backend="decord", device="cuda", workers=2))
+    on_cpu = list(OnlinePipeline(manifest, sampling=SMALL, backend="decord", device="cpu", workers=2))
+    assert all(b.tokens.device.type == "cuda" for b in on_gpu)
+    assert_same_batches([_to_cpu(b) for b in on_gpu], on_cpu)
+
+
+def _to_cpu(batch):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(batch, tokens=batch.tokens.to("cpu"))

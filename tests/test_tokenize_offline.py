@@ -229,3 +229,49 @@ def test_format_md_examples_read_the_dataset_with_plain_libraries(tmp_path: Path
     exec((zarr_example if storage == "zarr" else arrow_example).replace("OUT", str(out)), scope)
     pixels = scope["tokens"] if storage == "zarr" else scope["pixels"]
     assert np.array_equal(pixels, open_dataset(out)[0].tokens)  # type: ignore[arg-type]
+
+
+# Batches, per-video decoders, planning ------------------------------------------------------------
+
+
+def test_shards_give_every_worker_tasks_and_the_asked_size_is_an_upper_bound() -> None:
+    from rlt.tokenize_offline._job import shard_size
+
+    assert shard_size(48, 64, 2) == 6  # 8 tasks for 2 workers, not one task of 48
+    assert shard_size(48, 4, 2) == 4  # the asked size stays an upper bound
+    assert shard_size(10_000, 64, 16) == 64
+    assert shard_size(3, 64, 16) == 1
+
+
+def test_one_embedded_worker_runs_in_process_and_writes_the_same_bytes(
+    tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    reference = tmp_path / "ray"
+    tokenize_dataset(samples, reference, CONFIG, workers=2, videos_per_batch=3)
+    # No Ray in this run: a Ray task would fail. Batches of another size give the same bytes.
+    monkeypatch.setattr(ray, "remote", lambda *a, **k: pytest.fail("one worker must not start Ray tasks"))
+    summary = tokenize_dataset(samples, tmp_path / "one", CONFIG, workers=1, videos_per_batch=1)
+    assert summary.shards == 4  # one worker gets 4 tasks: 8 videos, 2 per shard (Ray's 2 workers got 8 shards)
+    ray_shards = json.loads((reference / "plan.json").read_text())["shards"]
+    one_shards = json.loads((tmp_path / "one" / "plan.json").read_text())["shards"]
+    assert [v for s in ray_shards for v in s["videos"]] == [v for s in one_shards for v in s["videos"]]
+    ray_rows = [(r.video, r.clip, r.tokens.tobytes()) for r in open_dataset(reference)]  # type: ignore[union-attr]
+    one_rows = [(r.video, r.clip, r.tokens.tobytes()) for r in open_dataset(tmp_path / "one")]  # type: ignore[union-attr]
+    assert ray_rows == one_rows
+
+
+def test_a_chain_decides_per_video_in_the_job(tmp_path: Path, videos: dict[str, Path]) -> None:
+    # dali-cpu stands in for NVDEC here: VP9 and MJPEG go to DALI, H.264 to decord.
+    kinds = ["h264", "vp9", "mjpeg", "vp9_vfr", "odd_size", "random"]
+    manifest = manifest_with(tmp_path, [(str(videos[k]), 0) for k in kinds])
+    config = TokenizeConfig(shard_size=3, sampling=SMALL, backend="dali-cpu,decord")
+    summary = tokenize_dataset(manifest, tmp_path / "out", config, videos_per_batch=3)
+    assert (summary.videos, summary.failed, summary.clips) == (6, 1, 10)
+    assert open_dataset(tmp_path / "out").index["decoders"] == ["dali-cpu,decord"]
+    for record in open_dataset(tmp_path / "out"):
+        kind = next(k for k in kinds if str(videos[k]) == record.video)
+        alone = "decord" if kind in ("h264", "odd_size") else "dali-cpu"
+        online = tokenize_video(record.video, sampling=SMALL, backend=alone).tokens.clip(record.clip)
+        assert np.array_equal(record.tokens, online.tokens.numpy()), kind
