@@ -234,3 +234,16 @@ def test_error_survives_pickling() -> None:
     error = pickle.loads(pickle.dumps(VideoDecodeError("a.mp4", "broken")))
     assert (error.path, error.reason, str(error)) == ("a.mp4", "broken", "a.mp4: broken")
     assert isinstance(error, RuntimeError)
+
+
+def test_dali_before_2_0_finds_the_decoder_under_experimental() -> None:
+    from types import SimpleNamespace
+
+    from rlt.pipeline._dali import _video_decoder
+
+    old = SimpleNamespace(decoders=SimpleNamespace(), experimental=SimpleNamespace(decoders=SimpleNamespace(video=1)))
+    assert _video_decoder(old) == 1
+    new = SimpleNamespace(
+        decoders=SimpleNamespace(video=2), experimental=SimpleNamespace(decoders=SimpleNamespace(video=1))
+    )
+    assert _video_decoder(new) == 2

@@ -175,7 +175,7 @@ def _build(device: str, device_id: int, max_batch: int, resize: bool) -> Any:
     def video_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        video = fn.decoders.video(encoded, frames=frames, device=device)
+        video = _video_decoder(fn)(encoded, frames=frames, device=device)
         if resize:
             out_size = fn.external_source(name="out_size", dtype=types.FLOAT, ndim=1)
             roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
@@ -195,6 +195,11 @@ def _build(device: str, device_id: int, max_batch: int, resize: bool) -> Any:
     pipe = video_pipeline()
     pipe.build()
     return pipe
+
+
+def _video_decoder(fn: Any) -> Any:
+    # DALI 2.0 moved the decoder out of `experimental`; 1.48 to 1.53 have it (with `frames=`) there.
+    return getattr(fn.decoders, "video", None) or fn.experimental.decoders.video
 
 
 def _dali_reason(e: BaseException) -> str:
