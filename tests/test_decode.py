@@ -247,3 +247,15 @@ def test_dali_before_2_0_finds_the_decoder_under_experimental() -> None:
         decoders=SimpleNamespace(video=2), experimental=SimpleNamespace(decoders=SimpleNamespace(video=1))
     )
     assert _video_decoder(new) == 2
+
+
+def test_probe_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    from rlt.pipeline._probe import _read_info
+    from rlt.samples import synthetic_clip, write_video
+
+    path = write_video(tmp_path / "v.mp4", synthetic_clip(12, 64, 96, seed=0), codec="h264")
+    assert probe(path).num_frames == 12
+    hits = _read_info.cache_info().hits
+    assert probe(path).num_frames == 12 and _read_info.cache_info().hits == hits + 1
+    write_video(tmp_path / "w.mp4", synthetic_clip(20, 64, 96, seed=0), codec="h264").replace(path)
+    assert probe(path).num_frames == 20  # another size and time: read again

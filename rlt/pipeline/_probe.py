@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from stat import S_ISDIR
 
 from rlt.pipeline._errors import VideoDecodeError
 
@@ -31,16 +33,30 @@ class VideoInfo:
 
 
 def probe(path: str | Path) -> VideoInfo:
-    """Reads a video's metadata, or raises `VideoDecodeError` saying why it cannot be read."""
+    """Reads a video's metadata, or raises `VideoDecodeError` saying why it cannot be read.
+
+    The result is remembered for as long as the file keeps its size and modification time, so a
+    training run probes each video once, not once per epoch.
+    """
+    path = str(path)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise VideoDecodeError(path, "no such file") from None
+    except OSError as e:
+        raise VideoDecodeError(path, f"cannot be read ({e.strerror})") from None
+    if S_ISDIR(stat.st_mode):
+        raise VideoDecodeError(path, "is a directory, not a video file")
+    if stat.st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    return _read_info(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _read_info(path: str, size: int, mtime_ns: int) -> VideoInfo:
+    # `size` and `mtime_ns` only key the cache: a file that changes is read again.
     import av
 
-    path = str(path)
-    if not os.path.exists(path):
-        raise VideoDecodeError(path, "no such file")
-    if os.path.isdir(path):
-        raise VideoDecodeError(path, "is a directory, not a video file")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
     try:
         with av.open(path, metadata_errors="ignore") as container:
             if not container.streams.video:
