@@ -87,7 +87,9 @@ def test_columns_read_only_what_is_asked(tmp_path: Path, samples: Path) -> None:
     assert record.lengths is not None and len(record.lengths) == record.num_tokens
 
 
-def test_rerun_is_a_no_op_and_extra_rows_are_incremental(tmp_path: Path, samples: Path) -> None:
+def test_rerun_is_a_no_op_and_extra_rows_are_incremental(
+    tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lines = samples.read_text().splitlines()
     first = tmp_path / "first.csv"
     # Header and 5 videos. Two workers want 4 tasks each, so the asked 2 videos per shard becomes 1.
@@ -102,7 +104,11 @@ def test_rerun_is_a_no_op_and_extra_rows_are_incremental(tmp_path: Path, samples
     assert (summary.videos, summary.shards, summary.shards_written) == (5, 5, 5)
     before = checksums(out)
 
-    again = tokenize_dataset(first, out, CONFIG)
+    import ray
+
+    with monkeypatch.context() as patch:  # a finished dataset needs no Ray at all
+        patch.setattr(ray, "remote", lambda *a, **k: pytest.fail("a no-op re-run must not start Ray tasks"))
+        again = tokenize_dataset(first, out, CONFIG)
     assert again.shards_written == 0 and checksums(out) == before
 
     full = tmp_path / "full.csv"

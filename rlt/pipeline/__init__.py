@@ -11,7 +11,6 @@ from rlt.pipeline._decode import (
     decode_frames,
     output_device,
     resolve_backend,
-    warm_up_decoders,
 )
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import Manifest, ManifestRow, read_manifest
@@ -57,5 +56,4 @@ __all__ = [
     "tokenize_clips",
     "tokenize_video",
     "usable_cores",
-    "warm_up_decoders",
 ]

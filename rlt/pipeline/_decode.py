@@ -207,23 +207,6 @@ def _decode_with(
     return out
 
 
-def warm_up_decoders(chain: Sequence[Decoder]) -> None:
-    """Imports the decoders of ``chain`` now, so that the first video does not wait for it."""
-    for decoder in chain:
-        if decoder in ("dali", "dali-cpu"):
-            from rlt.pipeline._dali import import_dali
-
-            import_dali()
-        elif decoder == "torchcodec":
-            from rlt.pipeline._torchcodec import import_torchcodec
-
-            import_torchcodec()
-        else:
-            from rlt.pipeline._decord import import_decord
-
-            import_decord()
-
-
 def _cpu_decoder(decoder: Decoder):
     if decoder == "torchcodec":
         from rlt.pipeline._torchcodec import decode_torchcodec

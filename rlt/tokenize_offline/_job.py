@@ -119,7 +119,6 @@ def tokenize_dataset(
     written = 0
     task_seconds = work_seconds = 0.0
     with _Executor(config, ray_address, workers, gpus_per_task, videos_per_batch) as executor:
-        # The workers import torch and the decoders while the plan is written.
         plan = _extend_plan(out, rows, config, executor.workers)
         specs = [ShardSpec(s["name"], tuple(tuple(v) for v in s["videos"])) for s in plan["shards"]]
         pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
@@ -242,7 +241,8 @@ def _remove_leftovers(out: Path) -> None:
 class _Executor:
     """Runs shards: on Ray (embedded or a cluster), or in this process for one embedded worker.
 
-    Entered before the plan is written, so Ray's start and the workers' imports overlap it.
+    The embedded Ray starts only when there is a shard to run, so a re-run of a finished dataset
+    costs no Ray start; a cluster is joined before planning, which needs its CPU count.
     """
 
     def __init__(
@@ -255,34 +255,14 @@ class _Executor:
     ) -> None:
         self.config, self.videos_per_batch = config, videos_per_batch
         self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self.in_process = self.address is None and (workers or usable_cores()) == 1
-        self.requested, self.gpus_per_task = workers, gpus_per_task or 0.0
-        self.auto_gpus = gpus_per_task is None
-        self.workers = 1
+        self.requested, self.gpus_per_task = workers, gpus_per_task
+        self.workers = workers or usable_cores()
+        self.in_process = self.address is None and self.workers == 1
         self._started_ray = False
 
     def __enter__(self) -> _Executor:
-        if self.in_process:
-            return self
-        import ray
-
-        if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, logging_level=logging.WARNING)
-            else:
-                ray.init(
-                    num_cpus=self.requested or usable_cores(),
-                    include_dashboard=False,
-                    logging_level=logging.WARNING,
-                    object_store_memory=200 * 1024 * 1024,
-                )
-            self._started_ray = True
-        resources = ray.cluster_resources()
-        if self.auto_gpus:
-            self.gpus_per_task = 0.25 if resources.get("GPU", 0) > 0 else 0.0
-        self.workers = self.requested or max(int(resources.get("CPU", 1)), 1)
-        warm = ray.remote(num_cpus=1, num_gpus=self.gpus_per_task)(_warm_up)
-        self._warming = [warm.remote(self.config.backend) for _ in range(self.workers)]
+        if self.address:
+            self._start_ray()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -290,6 +270,27 @@ class _Executor:
             import ray
 
             ray.shutdown()
+
+    def _start_ray(self) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, logging_level=logging.WARNING)
+            else:
+                ray.init(
+                    num_cpus=self.workers,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    object_store_memory=200 * 1024 * 1024,
+                )
+            self._started_ray = True
+        resources = ray.cluster_resources()
+        if self.gpus_per_task is None:
+            self.gpus_per_task = 0.25 if resources.get("GPU", 0) > 0 else 0.0
+        if self.requested is None:
+            self.workers = max(int(resources.get("CPU", 1)), 1)
+        return ray
 
     def run(self, out: Path, pending: list[ShardSpec]) -> Iterator[dict[str, Any]]:
         """Runs the pending shards and yields each one's result as it completes."""
@@ -299,33 +300,16 @@ class _Executor:
             return
         if not pending:
             return
-        import ray
-
+        ray = self._start_ray()
         # Ray re-runs a task whose worker or node died; application errors are not retried.
         task = ray.remote(num_cpus=1, num_gpus=self.gpus_per_task, max_retries=5)(run_shard)
         queue = list(pending)
         running: list[Any] = []
         while queue or running:
             while queue and len(running) < self.workers:
-                # Ray's type stubs know no keyword arguments; Ray passes them on.
-                running.append(
-                    task.remote(  # type: ignore[call-arg]
-                        str(out), queue.pop(0), self.config, videos_per_batch=self.videos_per_batch
-                    )
-                )
+                running.append(task.remote(str(out), queue.pop(0), self.config, videos_per_batch=self.videos_per_batch))
             done, running = ray.wait(running, num_returns=1)
             yield ray.get(done[0])
-
-
-def _warm_up(backend: str) -> None:
-    """Imports what a shard task needs, so that the first shard does not wait for it."""
-    from rlt.pipeline import resolve_backend, warm_up_decoders
-
-    try:
-        warm_up_decoders(resolve_backend(backend))
-    except ImportError:
-        # The shard tasks meet the same error and report it with the video it stopped.
-        return
 
 
 def _write_index(out: Path, plan: dict[str, Any], specs: list[ShardSpec], config: TokenizeConfig) -> None:
