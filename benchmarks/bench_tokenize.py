@@ -57,7 +57,10 @@ def main() -> None:
 
         def job(workers: int, name: str) -> float:
             start = time.perf_counter()
-            summaries.append(tokenize_dataset(manifest, Path(folder) / name, config, workers=workers))
+            # The running Ray by address: one embedded worker would otherwise run in this process.
+            summaries.append(
+                tokenize_dataset(manifest, Path(folder) / name, config, workers=workers, ray_address="auto")
+            )
             return time.perf_counter() - start
 
         start = time.perf_counter()
@@ -88,7 +91,7 @@ def main() -> None:
         f"(embedded Ray's start, not counted above: {ray_start:.1f}s; cold - warm = {cold - times[1]:.1f}s of "
         f"one-time worker start)"
     )
-    print(f"2 workers against 1: {times[1] / times[2]:.2f}x (goal >= 1.7x)")
+    print(f"2 workers against 1: {times[1] / times[2]:.2f}x (goal >= 1.8x)")
     print(
         f"job overhead over decode+RLT alone, 1 worker: warm {100 * (times[1] / base - 1):.1f}%, "
         f"cold {100 * (cold / base - 1):.1f}% (goal < 20%)"

@@ -20,17 +20,12 @@ MAX_TOKENS = 120
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """16 clips in 4 shards, built once by the real job on an embedded Ray."""
-    import ray
-
+    """16 clips in 4 shards of 2 videos, built once by the real job (one worker: in this process)."""
     folder = tmp_path_factory.mktemp("loader")
     manifest = make_samples(folder / "videos", num_videos=8, num_frames=24, height=64, width=96)
     sampling = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024, logging_level="ERROR")
-    try:
-        tokenize_dataset(manifest, folder / "out", TokenizeConfig(shard_size=2, sampling=sampling, backend="decord"))
-    finally:
-        ray.shutdown()
+    config = TokenizeConfig(shard_size=2, sampling=sampling, backend="decord")
+    tokenize_dataset(manifest, folder / "out", config, workers=1)
     return folder / "out"
 
 
