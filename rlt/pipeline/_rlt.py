@@ -19,6 +19,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -133,13 +134,18 @@ def _check_frames(frames: torch.Tensor, tubelet_size: int, patch_size: int) -> t
 
 def _channel_weights(frames_BTHWC: torch.Tensor, patch_size: int, units: ThresholdUnits) -> torch.Tensor:
     """Per-channel factors turning an integer patch sum of |a - b| into the mean score."""
-    c = frames_BTHWC.shape[-1]
+    return _weights(frames_BTHWC.device, patch_size, frames_BTHWC.shape[-1], units)
+
+
+@functools.cache
+def _weights(device: torch.device, patch_size: int, c: int, units: ThresholdUnits) -> torch.Tensor:
+    # Made once per device: a host-to-device copy waits for the GPU, and the stage must not.
     pixels = patch_size * patch_size * c
     if units == "normalized":
         weights = [1.0 / (255.0 * std * pixels) for std in IMAGENET_STD]
     else:
         weights = [1.0 / pixels] * c
-    return torch.tensor(weights, dtype=torch.float64, device=frames_BTHWC.device)
+    return torch.tensor(weights, dtype=torch.float64, device=device)
 
 
 def _absdiff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -256,7 +262,8 @@ def _pack(frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, ts: int, p: int) 
     frame_NT1 = (clip_N * t + t_N * ts).view(-1, 1, 1) + dt_1T1
     run_NTP = ((frame_NT1 * height + (i_N * p).view(-1, 1, 1) + dy_11P) * w) + j_N.view(-1, 1, 1)
     tokens_ND = runs_RX.index_select(0, run_NTP.flatten()).view(torch.uint8).view(-1, ts * p * p * c)
-    lengths_N = run_lengths(keep_BGhw)[keep_BGhw]
+    # Indexed by the kept positions already found: a boolean mask would wait on the GPU again.
+    lengths_N = run_lengths(keep_BGhw)[clip_N, t_N, i_N, j_N]
     counts_B = keep_BGhw.flatten(1).sum(1)
     cu_seqlens = torch.zeros(b + 1, dtype=torch.int32, device=keep_BGhw.device)
     cu_seqlens[1:] = torch.cumsum(counts_B, 0)
