@@ -76,7 +76,10 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, video
     def decode(group: list[tuple[str, str]]) -> list[DecodedVideo | VideoDecodeError]:
         return decode_clips(group, sampling=config.sampling, backend=config.backend, device=device)
 
-    for decoded in decode_ahead(groups, decode, workers=1, ahead=1):
+    # With a GPU, the next group decodes (NVDEC, or the CPU) while this one is tokenized on the GPU.
+    # A CPU-only task has one core: a second thread there would only contend with the first.
+    overlapped = decode_ahead(groups, decode, workers=1, ahead=1) if device == "cuda" else map(decode, groups)
+    for decoded in overlapped:
         good = []
         for item in decoded:
             if isinstance(item, VideoDecodeError):
