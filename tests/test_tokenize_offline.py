@@ -50,16 +50,17 @@ def checksums(out: Path) -> dict[str, str]:
     return {s["name"]: s["checksum"] for s in json.loads((out / "index.json").read_text())["shards"]}
 
 
-@pytest.mark.parametrize("storage", ["zarr", "arrow"])
+@pytest.mark.parametrize(("storage", "ray_after"), [("zarr", 0.0), ("arrow", 0.0), ("arrow", 60.0)])
 def test_offline_rows_equal_online_and_failures_are_listed(
-    tmp_path: Path, samples: Path, videos: dict[str, Path], storage: str
+    tmp_path: Path, samples: Path, videos: dict[str, Path], storage: str, ray_after: float
 ) -> None:
+    # ray_after 0: Ray tasks and this process's threads share the shards; 60: threads alone.
     good = [f"sample_00{i}_{'right' if i % 2 == 0 else 'left'}.mp4" for i in range(4)]
     rows = [(str(samples.parent / v), i % 2) for i, v in enumerate(good)]
     rows.insert(1, (str(videos["random"]), 0))
     rows.append((str(videos["text"]), 1))
     config = TokenizeConfig(storage=storage, shard_size=2, sampling=SMALL, backend="decord")  # type: ignore[arg-type]
-    summary = tokenize_dataset(manifest_with(tmp_path, rows), tmp_path / "out", config)
+    summary = tokenize_dataset(manifest_with(tmp_path, rows), tmp_path / "out", config, ray_after=ray_after)
 
     assert (summary.videos, summary.failed, summary.clips) == (6, 2, 8)
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
@@ -185,7 +186,7 @@ def test_missing_or_unknown_index(tmp_path: Path, samples: Path) -> None:
 def run_cli(manifest: Path, out: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "rlt", "tokenize", str(manifest), str(out), "--shard-size", "1",
                "--num-frames", "8", "--frame-interval", "2", "--clips-per-video", "2", "--size", "64",
-               "--backend", "decord", "--workers", "2"]  # fmt: skip
+               "--backend", "decord", "--workers", "2", "--ray-after", "0"]  # fmt: skip
     # A session of its own, so that kill -9 takes the job's embedded Ray down with it.
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -281,3 +282,51 @@ def test_a_chain_decides_per_video_in_the_job(tmp_path: Path, videos: dict[str, 
         alone = "decord" if kind in ("h264", "odd_size") else "dali-cpu"
         online = tokenize_video(record.video, sampling=SMALL, backend=alone).tokens.clip(record.clip)
         assert np.array_equal(record.tokens, online.tokens.numpy()), kind
+
+
+def test_threads_alone_finish_a_small_job_and_ray_takes_over_when_asked(
+    tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    real_remote = ray.remote
+    with monkeypatch.context() as patch:
+        patch.setattr(ray, "remote", lambda *a, **k: pytest.fail("a job done within ray_after needs no Ray"))
+        threads = tokenize_dataset(samples, tmp_path / "threads", CONFIG, workers=2, ray_after=60)
+    calls: list[object] = []
+
+    def counting_remote(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return real_remote(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "remote", counting_remote)
+    on_ray = tokenize_dataset(samples, tmp_path / "ray", CONFIG, workers=2, ray_after=0)
+    assert calls  # Ray took shards
+    assert threads.shards == on_ray.shards == 8 and checksums(tmp_path / "threads") == checksums(tmp_path / "ray")
+
+
+def test_a_failing_shard_in_a_thread_stops_the_job_with_its_error(
+    tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlt.tokenize_offline import _executor
+
+    real = _executor.run_shard
+
+    def failing(out: Path, spec: object, config: object, **kwargs: object) -> object:
+        if spec.name == "shard-00003":  # type: ignore[attr-defined]
+            raise OSError(28, "No space left on device")
+        return real(out, spec, config, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_executor, "run_shard", failing)
+    with pytest.raises(OSError, match="No space left"):
+        tokenize_dataset(samples, tmp_path / "out", CONFIG, workers=2, ray_after=60)
+    assert not (tmp_path / "out" / "index.json").exists()
+    assert not [t for t in threading_names() if t.startswith("rlt-shards")]  # every thread has stopped
+    monkeypatch.setattr(_executor, "run_shard", real)
+    assert tokenize_dataset(samples, tmp_path / "out", CONFIG, workers=2, ray_after=60).shards == 8
+
+
+def threading_names() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate()]

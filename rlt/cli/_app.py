@@ -17,7 +17,7 @@ from rich.table import Table
 from rlt.dataset import open_dataset
 from rlt.pipeline import BACKENDS, ClipSampling, OnlinePipeline, RLTConfig
 from rlt.samples import make_samples
-from rlt.tokenize_offline import JobSummary, TokenizeConfig, tokenize_dataset
+from rlt.tokenize_offline import RAY_AFTER, JobSummary, TokenizeConfig, tokenize_dataset
 from rlt.tokenize_offline import Progress as JobProgress
 from rlt.train import TrainConfig, TrainSummary, evaluate, train
 
@@ -168,13 +168,18 @@ def tokenize(
     ray_address: Annotated[
         str | None, typer.Option(help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="tasks at once (default: the usable cores; 1 runs in this process, no Ray)")
-    ] = None,
+    workers: Annotated[int | None, typer.Option(help="shards at once (default: the usable cores)")] = None,
     gpus_per_task: Annotated[
         float | None, typer.Option(help="GPU fraction per task (default: 0.25 where the cluster has GPUs)")
     ] = None,
     videos_per_batch: Annotated[int, typer.Option(help="videos decoded together in a task (one DALI batch)")] = 8,
+    ray_after: Annotated[
+        float,
+        typer.Option(
+            help="without --ray-address: seconds of work on this process's threads before an embedded Ray "
+            "takes the shards left (0: at once; one worker never starts Ray)"
+        ),
+    ] = RAY_AFTER,
     overwrite: Annotated[bool, typer.Option(help="replace a dataset made with other options")] = False,
 ) -> None:
     """Decodes and tokenizes every video once, into a sharded Zarr or Arrow dataset, on Ray.
@@ -196,7 +201,9 @@ def tokenize(
             rlt=RLTConfig(threshold=threshold, compare=compare),  # type: ignore[arg-type]
             backend=backend,
         )
-        summary = _run_tokenize(manifest, out, config, ray_address, workers, overwrite, gpus_per_task, videos_per_batch)
+        summary = _run_tokenize(
+            manifest, out, config, ray_address, workers, overwrite, gpus_per_task, videos_per_batch, ray_after
+        )
     _print_summary(summary)
     if summary.failed:
         raise typer.Exit(code=EXIT_SOME_FAILED)
@@ -211,6 +218,7 @@ def _run_tokenize(
     overwrite: bool,
     gpus_per_task: float | None = None,
     videos_per_batch: int = 8,
+    ray_after: float = RAY_AFTER,
 ) -> JobSummary:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -244,6 +252,7 @@ def _run_tokenize(
             overwrite=overwrite,
             gpus_per_task=gpus_per_task,
             videos_per_batch=videos_per_batch,
+            ray_after=ray_after,
             on_progress=update,
         )
 

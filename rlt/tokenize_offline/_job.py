@@ -10,20 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from rlt.dataset import FORMAT, FORMAT_VERSION, INDEX, SHARDS, open_atomic, read_index, write_json_atomic
-from rlt.pipeline import read_manifest, usable_cores
+from rlt.pipeline import read_manifest
 from rlt.tokenize_offline._config import TokenizeConfig
-from rlt.tokenize_offline._shard import ShardSpec, read_meta, run_shard, shard_folder
+from rlt.tokenize_offline._executor import RAY_AFTER, Executor
+from rlt.tokenize_offline._shard import ShardSpec, read_meta, shard_folder
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def tokenize_dataset(
     overwrite: bool = False,
     gpus_per_task: float | None = None,
     videos_per_batch: int = 8,
+    ray_after: float = RAY_AFTER,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> JobSummary:
     """Decodes and tokenizes every video of ``manifest`` once, into sharded files under ``out``.
@@ -95,12 +96,14 @@ def tokenize_dataset(
         config: sampling, RLT options, storage and shard size.
         ray_address: an existing Ray cluster (``ray://`` or ``host:port``); default is the
             ``RAY_ADDRESS`` environment variable, else an embedded local Ray.
-        workers: tasks in flight at once (and CPUs of the embedded Ray); default: the cores this
-            process may use (a cluster's CPUs with ``ray_address``). One embedded worker runs the
-            shards in this process: starting Ray would cost more than it brings.
+        workers: shards in flight at once (and CPUs of the embedded Ray); default: the cores this
+            process may use (a cluster's CPUs with ``ray_address``).
         overwrite: replace a dataset in ``out`` made with another configuration.
         gpus_per_task: GPU fraction each task asks Ray for; default 0.25 where the cluster has GPUs.
         videos_per_batch: videos decoded together inside a shard (one DALI batch).
+        ray_after: without an address, the shards start on ``workers`` threads of this process,
+            and those still left after this many seconds go to an embedded Ray (0: at once). One
+            worker never starts Ray. See `rlt.tokenize_offline._executor`.
         on_progress: called after each committed shard.
 
     Raises:
@@ -118,7 +121,14 @@ def tokenize_dataset(
         _remove_dataset(out)
     written = 0
     task_seconds = work_seconds = 0.0
-    with _Executor(config, ray_address, workers, gpus_per_task, videos_per_batch) as executor:
+    with Executor(
+        config,
+        address=ray_address,
+        workers=workers,
+        gpus_per_task=gpus_per_task,
+        videos_per_batch=videos_per_batch,
+        ray_after=ray_after,
+    ) as executor:
         plan = _extend_plan(out, rows, config, executor.workers)
         specs = [ShardSpec(s["name"], tuple(tuple(v) for v in s["videos"])) for s in plan["shards"]]
         pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
@@ -236,80 +246,6 @@ def _remove_leftovers(out: Path) -> None:
         name = tmp.name.removeprefix(".tmp-").rsplit("-", 1)[0]
         if shard_folder(out, name).is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-class _Executor:
-    """Runs shards: on Ray (embedded or a cluster), or in this process for one embedded worker.
-
-    The embedded Ray starts only when there is a shard to run, so a re-run of a finished dataset
-    costs no Ray start; a cluster is joined before planning, which needs its CPU count.
-    """
-
-    def __init__(
-        self,
-        config: TokenizeConfig,
-        address: str | None,
-        workers: int | None,
-        gpus_per_task: float | None,
-        videos_per_batch: int,
-    ) -> None:
-        self.config, self.videos_per_batch = config, videos_per_batch
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self.requested, self.gpus_per_task = workers, gpus_per_task
-        self.workers = workers or usable_cores()
-        self.in_process = self.address is None and self.workers == 1
-        self._started_ray = False
-
-    def __enter__(self) -> _Executor:
-        if self.address:
-            self._start_ray()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._started_ray:
-            import ray
-
-            ray.shutdown()
-
-    def _start_ray(self) -> Any:
-        import ray
-
-        if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, logging_level=logging.WARNING)
-            else:
-                ray.init(
-                    num_cpus=self.workers,
-                    include_dashboard=False,
-                    logging_level=logging.WARNING,
-                    object_store_memory=200 * 1024 * 1024,
-                )
-            self._started_ray = True
-        resources = ray.cluster_resources()
-        if self.gpus_per_task is None:
-            self.gpus_per_task = 0.25 if resources.get("GPU", 0) > 0 else 0.0
-        if self.requested is None:
-            self.workers = max(int(resources.get("CPU", 1)), 1)
-        return ray
-
-    def run(self, out: Path, pending: list[ShardSpec]) -> Iterator[dict[str, Any]]:
-        """Runs the pending shards and yields each one's result as it completes."""
-        if self.in_process:
-            for spec in pending:
-                yield run_shard(out, spec, self.config, videos_per_batch=self.videos_per_batch)
-            return
-        if not pending:
-            return
-        ray = self._start_ray()
-        # Ray re-runs a task whose worker or node died; application errors are not retried.
-        task = ray.remote(num_cpus=1, num_gpus=self.gpus_per_task, max_retries=5)(run_shard)
-        queue = list(pending)
-        running: list[Any] = []
-        while queue or running:
-            while queue and len(running) < self.workers:
-                running.append(task.remote(str(out), queue.pop(0), self.config, videos_per_batch=self.videos_per_batch))
-            done, running = ray.wait(running, num_returns=1)
-            yield ray.get(done[0])
 
 
 def _write_index(out: Path, plan: dict[str, Any], specs: list[ShardSpec], config: TokenizeConfig) -> None:

@@ -1,0 +1,213 @@
+"""Where shards run: this process's threads first, then the embedded Ray; or a Ray cluster.
+
+On the embedded default (no Ray address):
+
+- One worker runs every shard in this process. Ray would add its start (about 4.5 s on a 2-core
+  machine), the imports of fresh workers (about 2 s) and its shutdown (about 1.5 s), and gain
+  nothing.
+- Several workers start at once as threads of this process (the decoders and torch release the
+  GIL while they work). Shards still left after ``ray_after`` seconds go to an embedded Ray, started
+  while the threads go on; once Ray hands back its first shard, each thread stops after its current
+  one. A small job is done before Ray would have been up; a long one runs on Ray, whose worker
+  processes keep a crashing decoder from taking the job down and scale past the GIL.
+
+With an address, every shard is a Ray task on that cluster. Either way each shard is run by exactly
+one executor, and `run_shard` commits it atomically, so being killed at any point is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rlt.pipeline import usable_cores
+from rlt.tokenize_offline._config import TokenizeConfig
+from rlt.tokenize_offline._shard import ShardSpec, run_shard
+
+# Seconds of work in this process before the embedded Ray is brought up for what is left.
+RAY_AFTER = 5.0
+
+
+class Executor:
+    """Runs a job's shards (see the module docstring) and yields each one's result as it lands.
+
+    Used as a context manager: a cluster is joined on entry (planning needs its CPU count), and a
+    Ray started here is shut down on exit.
+    """
+
+    def __init__(
+        self,
+        config: TokenizeConfig,
+        *,
+        address: str | None,
+        workers: int | None,
+        gpus_per_task: float | None,
+        videos_per_batch: int,
+        ray_after: float = RAY_AFTER,
+    ) -> None:
+        self.config, self.videos_per_batch, self.ray_after = config, videos_per_batch, ray_after
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.requested, self.gpus_per_task = workers, gpus_per_task
+        self.workers = workers or usable_cores()
+        self._started_ray = False
+        self._threads: _Threads | None = None
+
+    def __enter__(self) -> Executor:
+        if self.address:
+            self._start_ray()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._threads is not None:
+            # On an error: let the threads finish their shards (each commits whole) before leaving.
+            self._threads.stop()
+            self._threads.join()
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+
+    def run(self, out: Path, pending: list[ShardSpec]) -> Iterator[dict[str, Any]]:
+        """Runs the pending shards and yields each one's result as it completes."""
+        left = _Pending(pending)
+        if not left:
+            return
+        if self.address is None:
+            self._threads = _Threads(self._run_here(out), left, self.workers)
+            deadline = time.monotonic() + self.ray_after if self.workers > 1 else float("inf")
+            while self._threads.busy() and not (left and time.monotonic() >= deadline):
+                result = self._threads.get(timeout=max(0.0, min(deadline - time.monotonic(), 1.0)))
+                if result is not None:
+                    yield result
+            if not left:
+                yield from self._threads.drain()
+                return
+        yield from self._on_ray(out, left)
+
+    def _run_here(self, out: Path) -> Any:
+        def run(spec: ShardSpec) -> dict[str, Any]:
+            return run_shard(out, spec, self.config, videos_per_batch=self.videos_per_batch)
+
+        return run
+
+    def _on_ray(self, out: Path, left: _Pending) -> Iterator[dict[str, Any]]:
+        ray = self._start_ray()  # the threads, if any, go on meanwhile
+        # Ray re-runs a task whose worker or node died; application errors are not retried.
+        task = ray.remote(num_cpus=1, num_gpus=self.gpus_per_task, max_retries=5)(run_shard)
+        threads = self._threads
+        running: list[Any] = []
+        while True:
+            if threads is not None:
+                yield from threads.ready()
+            while len(running) < self.workers and (spec := left.pop()) is not None:
+                running.append(task.remote(str(out), spec, self.config, videos_per_batch=self.videos_per_batch))
+            if running:
+                done, running = ray.wait(running, num_returns=1, timeout=0.1 if threads is not None else None)
+                for ref in done:
+                    if threads is not None:
+                        threads.stop()  # Ray delivers: the threads stop after their current shard
+                    yield ray.get(ref)
+            elif threads is not None and threads.busy():
+                result = threads.get(timeout=0.1)
+                if result is not None:
+                    yield result
+            else:
+                return
+
+    def _start_ray(self) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, logging_level=logging.WARNING)
+            else:
+                ray.init(
+                    num_cpus=self.workers,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    object_store_memory=200 * 1024 * 1024,
+                )
+            self._started_ray = True
+        resources = ray.cluster_resources()
+        if self.gpus_per_task is None:
+            self.gpus_per_task = 0.25 if resources.get("GPU", 0) > 0 else 0.0
+        if self.requested is None:
+            self.workers = max(int(resources.get("CPU", 1)), 1)
+        return ray
+
+
+class _Pending:
+    """The shards no executor has taken yet, shared by the threads and the Ray loop."""
+
+    def __init__(self, specs: list[ShardSpec]) -> None:
+        self._specs = deque(specs)
+        self._lock = threading.Lock()
+
+    def pop(self) -> ShardSpec | None:
+        with self._lock:
+            return self._specs.popleft() if self._specs else None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._specs)
+
+
+class _Threads:
+    """Threads of this process taking shards from `_Pending` until it is empty or they are stopped."""
+
+    def __init__(self, run: Any, left: _Pending, count: int) -> None:
+        self._run, self._left = run, left
+        self._results: queue.Queue[dict[str, Any] | BaseException] = queue.Queue()
+        self._stopped = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, name=f"rlt-shards-{i}", daemon=True) for i in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set() and (spec := self._left.pop()) is not None:
+            try:
+                self._results.put(self._run(spec))
+            except BaseException as e:  # handed to the caller's thread, which raises it
+                self._results.put(e)
+                return
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        """The next result, or None after ``timeout`` seconds; raises a thread's error."""
+        try:
+            result = self._results.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(result, BaseException):
+            self.stop()
+            raise result
+        return result
+
+    def ready(self) -> Iterator[dict[str, Any]]:
+        """The results already there."""
+        while (result := self.get(timeout=0)) is not None:
+            yield result
+
+    def drain(self) -> Iterator[dict[str, Any]]:
+        """Every result still to come."""
+        while self.busy():
+            result = self.get(timeout=0.1)
+            if result is not None:
+                yield result
+
+    def busy(self) -> bool:
+        """Whether a thread still runs or a result waits to be read."""
+        return any(t.is_alive() for t in self._threads) or not self._results.empty()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
