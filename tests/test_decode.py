@@ -259,3 +259,35 @@ def test_probe_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
     assert probe(path).num_frames == 12 and _read_info.cache_info().hits == hits + 1
     write_video(tmp_path / "w.mp4", synthetic_clip(20, 64, 96, seed=0), codec="h264").replace(path)
     assert probe(path).num_frames == 20  # another size and time: read again
+
+
+def test_threads_share_a_bounded_pool_of_dali_pipelines(videos: dict[str, Path]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlt.pipeline import _dali
+
+    wanted = [[0, 5, 9], [3, 4]]
+    paths = [videos["vp9"], videos["vp9_vfr"]]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(
+            pool.map(lambda _: decode_batch(paths, wanted, backend="dali-cpu", size=96, crop=None), range(12))
+        )
+    for frames in results:
+        assert [indices_read(f) for f in frames] == wanted  # type: ignore[arg-type]
+    built = {key: n for key, n in _dali._pool._built.items() if key[0] == "cpu"}
+    assert built and all(0 < n <= _dali.PIPELINES_PER_KIND for n in built.values())
+
+
+def test_the_pool_drops_a_pipeline_that_failed_and_builds_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlt.pipeline import _dali
+
+    built: list[int] = []
+    monkeypatch.setattr(_dali, "_build", lambda *key: built.append(len(built)) or len(built))
+    pool, key = _dali._Pool(), ("cpu", -1, 1, True)
+    with pool.checkout(key) as first:
+        pass
+    with pytest.raises(RuntimeError), pool.checkout(key) as again:
+        assert again == first  # an idle pipeline is reused
+        raise RuntimeError("DALI marks the pipeline invalid")
+    with pool.checkout(key) as fresh:
+        assert fresh != first and len(built) == 2

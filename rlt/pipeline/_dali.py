@@ -14,9 +14,10 @@ so we drop the pipeline and decode that batch's videos one by one to name it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,10 +31,13 @@ from rlt.pipeline._transforms import output_geometry
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mjpeg", "av1", "mpeg4"})
 
-# DALI runs one graph at a time per pipeline; the lock also keeps its output buffers, which the
-# next run reuses, ours until we have copied them out.
-_lock = threading.Lock()
-_pipelines: dict[tuple[str, int, int, bool], Any] = {}
+# Pipelines of one kind (device, batch bucket, resize or not) that may run at once in a process.
+# The online pipeline's workers and the job's threads decode from several threads; more than one
+# pipeline keeps more decode sessions busy than one would, and each holds its own decoders and
+# buffers. To be tuned on a GPU (issue "Prove the GPU path").
+PIPELINES_PER_KIND = 2
+
+_Key = tuple[str, int, int, bool]
 
 
 def import_dali():
@@ -123,25 +127,56 @@ class _Graph:
             inputs["roi_start"] = [w[1] for w in windows]
             inputs["roi_end"] = [w[2] for w in windows]
         stream = torch.cuda.current_stream(self.device_id) if self.gpu else None
-        with _lock:
-            pipe = _pipelines.get(key) or _build(*key)
-            _pipelines[key] = pipe
+        with _pool.checkout(key) as pipe:
             try:
                 for name, values in inputs.items():
                     pipe.feed_input(name, values)
                 # DALI makes its outputs ready on the stream we pass: the caller's, not the host.
                 (video,) = pipe.run(stream.cuda_stream) if stream is not None else pipe.run()
-                # DALI reuses its output buffers on the next run: copy out while we hold the lock.
-                # At output size this copy is small; it is the only one on the way to torch.
+                # DALI reuses its output buffers on the next run: copy out while the pipeline is
+                # ours. At output size this copy is small; it is the only one on the way to torch.
                 out = [torch.from_dlpack(video[i]).clone() for i in range(batch)]
             except RuntimeError as e:
-                # After a failed run DALI marks the pipeline invalid; build a fresh one next time.
-                _pipelines.pop(key, None)
+                # After a failed run DALI marks the pipeline invalid: the pool drops it.
                 raise _BatchFailed(_dali_reason(e)) from e
         for info, tensor, ix in zip(infos, out, indices, strict=True):
             if tensor.shape[0] != len(ix) or tensor.shape[-1] != 3:
                 raise _BatchFailed(f"{info.path}: DALI returned {list(tensor.shape)} for {len(ix)} frames")
         return out
+
+
+class _Pool:
+    """Built pipelines by kind, each used by one thread at a time, at most `PIPELINES_PER_KIND`."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._idle: dict[_Key, list[Any]] = {}
+        self._built: dict[_Key, int] = {}
+
+    @contextlib.contextmanager
+    def checkout(self, key: _Key) -> Iterator[Any]:
+        with self._changed:
+            while not self._idle.get(key) and self._built.get(key, 0) >= PIPELINES_PER_KIND:
+                self._changed.wait()
+            pipe = self._idle[key].pop() if self._idle.get(key) else None
+            if pipe is None:
+                self._built[key] = self._built.get(key, 0) + 1
+        keep = False
+        try:
+            if pipe is None:
+                pipe = _build(*key)
+            yield pipe
+            keep = True
+        finally:
+            with self._changed:
+                if keep:
+                    self._idle.setdefault(key, []).append(pipe)
+                else:  # failed to build, or failed a run, which leaves a DALI pipeline unusable
+                    self._built[key] -= 1
+                self._changed.notify()
+
+
+_pool = _Pool()
 
 
 def _source_window(info: VideoInfo, size: int | None, crop: int | None) -> tuple[np.ndarray, ...]:

@@ -31,8 +31,11 @@ from rlt.pipeline import usable_cores
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._shard import ShardSpec, run_shard
 
-# Seconds of work in this process before the embedded Ray is brought up for what is left.
-RAY_AFTER = 5.0
+# Seconds of work in this process before the embedded Ray is brought up for what is left. Bringing
+# it up costs about 8 core-seconds here (start, fresh workers' imports, shutdown), which a job of
+# 192 short videos on 2 cores did not win back (bench_cpu_path: 14.5 s against 15.4 s on one worker,
+# with Ray after 5 s); after 30 s it is a small share of what remains.
+RAY_AFTER = 30.0
 
 
 class Executor:
