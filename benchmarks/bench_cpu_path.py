@@ -8,9 +8,9 @@ Three questions, each answered side by side in one run on this machine:
                core against two (``taskset``), in fresh processes whose decoder is loaded before
                timing, clips/s. Goal: >= 1.6x.
   job          `rlt-prep tokenize` as a user runs it (a fresh process, embedded defaults) with 1 and
-               2 workers, against a plain loop of `tokenize_video` in a fresh process, on the same
-               videos; and the job with 1 and 2 workers on an embedded Ray started before timing
-               (its start reported apart), which is the job's own scaling.
+               2 workers (and 2 on threads alone, no Ray), against a plain loop of `tokenize_video`
+               in a fresh process, on the same videos; and the job with 1 and 2 workers on an
+               embedded Ray started before timing (its start reported apart), the job's own scaling.
                Goals: 2 workers >= 1.8x one worker; the 1-worker run < 1.2x the plain loop.
 
     python benchmarks/bench_cpu_path.py [--sections dali-batch,online,job] [--videos 48] [--rounds 2]
@@ -119,12 +119,13 @@ def job(folder: Path, videos: int, rounds: int, backend: str) -> dict[str, float
         subprocess.run(command, check=True, capture_output=True)
         return time.perf_counter() - start
 
-    loop, cli1, cli2 = [], [], []
+    loop, cli1, cli2, threads2 = [], [], [], []
     for r in range(rounds):
         loop.append(timed([sys.executable, "-c", LOOP, str(manifest), backend]))
         cli1.append(timed([*cli, str(folder / f"cli1-{r}"), "--workers", "1"]))
         cli2.append(timed([*cli, str(folder / f"cli2-{r}"), "--workers", "2"]))
-    base, one, two = min(loop), min(cli1), min(cli2)
+        threads2.append(timed([*cli, str(folder / f"threads2-{r}"), "--workers", "2", "--ray-after", "600"]))
+    base, one, two, threads = min(loop), min(cli1), min(cli2), min(threads2)
 
     config = TokenizeConfig(sampling=ClipSampling(clips_per_video=2), backend=backend)
     start = time.perf_counter()
@@ -145,7 +146,8 @@ def job(folder: Path, videos: int, rounds: int, backend: str) -> dict[str, float
     print(f"rlt-prep tokenize ({backend}), {videos} H.264 videos 640x480, 2 clips each; fresh processes:")
     print(f"  plain loop of tokenize_video {base:6.2f} s")
     print(f"  CLI, 1 worker                {one:6.2f} s   {one / base:.2f}x the loop (goal < 1.2x)")
-    print(f"  CLI, 2 workers               {two:6.2f} s   {one / two:.2f}x one worker")
+    print(f"  CLI, 2 workers (Ray)         {two:6.2f} s   {one / two:.2f}x one worker")
+    print(f"  CLI, 2 workers, threads only {threads:6.2f} s   {one / threads:.2f}x one worker (--ray-after 600)")
     print(f"on a running Ray (its start: {ray_start:.1f} s), warm workers:")
     print(f"  1 worker {w1:6.2f} s, 2 workers {w2:6.2f} s: {w1 / w2:.2f}x (goal >= 1.8x)")
     return {
@@ -154,6 +156,8 @@ def job(folder: Path, videos: int, rounds: int, backend: str) -> dict[str, float
         "cli_2_workers_s": two,
         "cli_1_over_loop": one / base,
         "cli_2_over_1": one / two,
+        "cli_2_threads_s": threads,
+        "cli_2_threads_over_1": one / threads,
         "ray_start_s": ray_start,
         "ray_1_worker_s": w1,
         "ray_2_workers_s": w2,

@@ -177,7 +177,8 @@ def tokenize(
         float,
         typer.Option(
             help="without --ray-address: seconds of work on this process's threads before an embedded Ray "
-            "takes the shards left (0: at once; one worker never starts Ray)"
+            "takes the shards left (0: Ray starts at once, the threads fill its start-up; a short job "
+            "ends sooner with a few seconds here; one worker never starts Ray)"
         ),
     ] = RAY_AFTER,
     overwrite: Annotated[bool, typer.Option(help="replace a dataset made with other options")] = False,

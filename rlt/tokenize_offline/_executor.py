@@ -6,10 +6,11 @@ On the embedded default (no Ray address):
   machine), the imports of fresh workers (about 2 s) and its shutdown (about 1.5 s), and gain
   nothing.
 - Several workers start at once as threads of this process (the decoders and torch release the
-  GIL while they work). Shards still left after ``ray_after`` seconds go to an embedded Ray, started
-  while the threads go on; once Ray hands back its first shard, each thread stops after its current
-  one. A small job is done before Ray would have been up; a long one runs on Ray, whose worker
-  processes keep a crashing decoder from taking the job down and scale past the GIL.
+  GIL while they work). The shards still left after ``ray_after`` seconds (by default none: at once)
+  go to an embedded Ray, started while the threads go on; once Ray hands back its first shard, each
+  thread stops after its current one. So Ray's start-up is never time lost, its worker processes
+  keep a crashing decoder from taking the job down and scale past the GIL, and a job that ``ray_after``
+  covers ends on the threads without ever paying for Ray.
 
 With an address, every shard is a Ray task on that cluster. Either way each shard is run by exactly
 one executor, and `run_shard` commits it atomically, so being killed at any point is safe.
@@ -31,11 +32,12 @@ from rlt.pipeline import usable_cores
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._shard import ShardSpec, run_shard
 
-# Seconds of work in this process before the embedded Ray is brought up for what is left. Bringing
-# it up costs about 8 core-seconds here (start, fresh workers' imports, shutdown), which a job of
-# 192 short videos on 2 cores did not win back (bench_cpu_path: 14.5 s against 15.4 s on one worker,
-# with Ray after 5 s); after 30 s it is a small share of what remains.
-RAY_AFTER = 30.0
+# Seconds of work in this process before the embedded Ray is brought up for what is left. By default
+# Ray starts at once and the threads fill its start-up: the job is a Ray job, as its users expect.
+# Bringing Ray up costs about 8 core-seconds on 2 cores (start, fresh workers' imports, shutdown),
+# which a short job never wins back: `ray_after` lets such jobs end on the threads (bench_cpu_path,
+# 48 short videos, 2 workers: 8.1 s with Ray at once, 4.3 s on threads alone, 5.7 s on one worker).
+RAY_AFTER = 0.0
 
 
 class Executor:

@@ -101,9 +101,10 @@ def tokenize_dataset(
         overwrite: replace a dataset in ``out`` made with another configuration.
         gpus_per_task: GPU fraction each task asks Ray for; default 0.25 where the cluster has GPUs.
         videos_per_batch: videos decoded together inside a shard (one DALI batch).
-        ray_after: without an address, the shards start on ``workers`` threads of this process,
-            and those still left after this many seconds go to an embedded Ray (0: at once). One
-            worker never starts Ray. See `rlt.tokenize_offline._executor`.
+        ray_after: without an address, ``workers`` threads of this process start on the shards,
+            and those still left after this many seconds go to an embedded Ray (default 0: Ray
+            starts at once and the threads fill its start-up). One worker never starts Ray. See
+            `rlt.tokenize_offline._executor`.
         on_progress: called after each committed shard.
 
     Raises:
