@@ -24,6 +24,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,6 +45,35 @@ def tokenize(manifest: Path, drop_policy: str) -> tuple[PackedTokens, torch.Tens
     )
     (batch,) = list(pipeline)
     return batch.tokens, batch.labels
+
+
+def step_functions(
+    model: VideoViT, batches: dict[str, tuple[PackedTokens, torch.Tensor]], device: torch.device
+) -> tuple[Callable[[str], None], Callable[[str], None]]:
+    """``train_step(name)`` and ``infer_step(name)`` of ``model`` on ``batches[name]`` (tokens, labels).
+
+    The batches are already on ``device``. A train step is forward, cross-entropy, backward and an
+    AdamW step with layer-decay parameter groups; an infer step is forward only. Both run under bf16
+    autocast on CUDA and in float32 on the CPU. benchmarks/gpu/rlt_train.py times the same steps.
+    """
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.05, layer_decay=0.75), lr=1e-4)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def train_step(name: str) -> None:
+        tokens, labels = batches[name]
+        with autocast:
+            logits = model(tokens.tokens, tokens.positions, tokens.lengths, tokens.cu_seqlens)
+        F.cross_entropy(logits.float(), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer_step(name: str) -> None:
+        tokens, _ = batches[name]
+        with autocast:
+            model(tokens.tokens, tokens.positions, tokens.lengths, tokens.cu_seqlens)
+
+    return train_step, infer_step
 
 
 def sync(device: torch.device) -> None:
@@ -67,23 +97,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = VideoViT(PRESETS[args.preset](2)).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.05, layer_decay=0.75), lr=1e-4)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     on_device = {name: (tokens.to(device), labels.to(device)) for name, (tokens, labels) in batches.items()}
-
-    def train_step(name: str) -> None:
-        tokens, labels = on_device[name]
-        with autocast:
-            logits = model(tokens.tokens, tokens.positions, tokens.lengths, tokens.cu_seqlens)
-        F.cross_entropy(logits.float(), labels).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def infer_step(name: str) -> None:
-        tokens, _ = on_device[name]
-        with autocast:
-            model(tokens.tokens, tokens.positions, tokens.lengths, tokens.cu_seqlens)
+    train_step, infer_step = step_functions(model, on_device, device)
 
     results: dict[tuple[str, str], list[float]] = {}
     for mode, step in (("train", train_step), ("infer", infer_step)):

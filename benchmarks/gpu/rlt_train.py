@@ -111,10 +111,8 @@ def decoded_batch(ctx: Context, paths: list[str]) -> tuple[torch.Tensor, str]:
 
 
 def section_train(rec: Recorder, ctx: Context) -> None:
-    import torch.nn.functional as F
-
+    from benchmarks.bench_train import step_functions
     from rlt.pipeline import RLTConfig
-    from rlt.train import param_groups
 
     _, paths = video_manifest(ctx, "720p")
     paths = (paths * math.ceil(ctx.sizes.train_clips / len(paths)))[: ctx.sizes.train_clips]
@@ -132,23 +130,7 @@ def section_train(rec: Recorder, ctx: Context) -> None:
     rec.save()
 
     torch.manual_seed(0)
-    model = vit(ctx)
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.05, layer_decay=0.75), lr=1e-4)
-    autocast = ctx.autocast()
-
-    def train_step(name: str) -> None:
-        p = packs[name]
-        with autocast:
-            logits = model(p.tokens, p.positions, p.lengths, p.cu_seqlens)
-        F.cross_entropy(logits.float(), labels).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def infer_step(name: str) -> None:
-        p = packs[name]
-        with autocast:
-            model(p.tokens, p.positions, p.lengths, p.cu_seqlens)
+    train_step, infer_step = step_functions(vit(ctx), {name: (p, labels) for name, p in packs.items()}, ctx.device)
 
     for mode, step in (("train", train_step), ("infer", infer_step)):
         if rec.over_budget():

@@ -35,7 +35,7 @@ Backend = str
 Decoder = Literal["dali", "dali-cpu", "torchcodec", "decord"]
 DECODERS: tuple[Decoder, ...] = ("dali", "dali-cpu", "torchcodec", "decord")
 BACKENDS = ("auto", *DECODERS)
-# The CPU decoders in the order "auto" prefers them, the faster first (benchmarks/bench_cpu_decode.py).
+# The CPU decoders in the order "auto" prefers them, the faster first (benchmarks/bench_decode.py).
 CPU_DECODERS: tuple[Decoder, ...] = ("torchcodec", "decord")
 _CODECS: dict[str, frozenset[str] | None] = {"dali": DALI_GPU_CODECS, "dali-cpu": DALI_CPU_CODECS}
 
