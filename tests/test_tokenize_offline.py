@@ -330,3 +330,60 @@ def threading_names() -> list[str]:
     import threading
 
     return [t.name for t in threading.enumerate()]
+
+
+# One writer per OUT ----------------------------------------------------------------------------------
+
+
+def test_a_second_run_on_the_same_out_is_refused_naming_the_first(tmp_path: Path, samples: Path) -> None:
+    from rlt.tokenize_offline._lock import OutputLockedError, lock_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with lock_output(out):  # this process is "the first run"
+        with pytest.raises(OutputLockedError, match=rf"being written by another run \(pid {os.getpid()} on "):
+            tokenize_dataset(samples, out, CONFIG, workers=1, overwrite=True)
+        # The CLI says it in a sentence, exit 2, and touches nothing.
+        command = [sys.executable, "-m", "rlt", "tokenize", str(samples), str(out), "--workers", "1"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "being written by another run" in result.stdout
+        assert "Traceback" not in result.stdout + result.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".rlt-lock"]
+    assert not (out / ".rlt-lock").exists()  # released and removed
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path, samples: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    # A run killed with -9 leaves its lock file; the kernel has released its flock.
+    (out / ".rlt-lock").write_text('{"host": "gone", "pid": 999999, "started": "2026-01-01T00:00:00+00:00"}')
+    assert tokenize_dataset(samples, out, CONFIG, workers=1).shards_written == 4
+    assert not (out / ".rlt-lock").exists()
+
+
+def test_overwrite_fails_loudly_and_shards_must_not_be_a_link(
+    tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shards").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match=r"shards is a symbolic link; the job writes only inside"):
+        tokenize_dataset(samples, out, CONFIG, workers=1, overwrite=True)
+    assert list(elsewhere.iterdir()) == []
+
+    out2 = tmp_path / "out2"
+    tokenize_dataset(samples, out2, CONFIG, workers=1)
+    before = checksums(out2)
+
+    def cannot_remove(path: Path) -> None:  # as a read-only disk would (root ignores chmod)
+        raise PermissionError(13, "Permission denied", str(Path(path) / "shard-00000"))
+
+    from rlt.tokenize_offline import _job
+
+    monkeypatch.setattr(_job.shutil, "rmtree", cannot_remove)
+    with pytest.raises(PermissionError, match="shard-00000"):
+        tokenize_dataset(samples, out2, CONFIG, workers=1, overwrite=True)
+    assert (out2 / "shards" / "shard-00000").is_dir() and not (out2 / "index.json").exists()
+    assert len(before) == 4

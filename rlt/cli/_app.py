@@ -141,7 +141,9 @@ def _bad_input_exits() -> Iterator[None]:
     """Bad options or inputs print the error, naming the file and the reason, and exit 2."""
     try:
         yield
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigMismatchError is a ValueError
+    # ConfigMismatchError is a ValueError; OutputLockedError, CorruptShardError and a full or
+    # read-only disk are OSErrors, whose messages name the file.
+    except (ValueError, OSError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(code=2) from e
 

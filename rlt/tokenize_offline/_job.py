@@ -23,6 +23,7 @@ from rlt.dataset import FORMAT, FORMAT_VERSION, INDEX, SHARDS, open_atomic, read
 from rlt.pipeline import read_manifest
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._executor import RAY_AFTER, Executor
+from rlt.tokenize_offline._lock import lock_output
 from rlt.tokenize_offline._shard import ShardSpec, read_meta, shard_folder
 
 log = logging.getLogger(__name__)
@@ -118,18 +119,36 @@ def tokenize_dataset(
         raise ValueError(f"videos_per_batch must be >= 1, got {videos_per_batch}")
     rows = read_manifest(manifest)
     out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        _remove_dataset(out)
-    written = 0
-    task_seconds = work_seconds = 0.0
-    with Executor(
+    if (out / SHARDS).is_symlink():
+        # Shards written through it would land outside OUT, and --overwrite would not remove them.
+        raise ValueError(f"{out / SHARDS} is a symbolic link; the job writes only inside {out}: remove the link")
+    executor = Executor(
         config,
         address=ray_address,
         workers=workers,
         gpus_per_task=gpus_per_task,
         videos_per_batch=videos_per_batch,
         ray_after=ray_after,
-    ) as executor:
+    )
+    # One writer per OUT for the whole run, --overwrite included.
+    with lock_output(out):
+        return _run_job(rows, out, config, executor, overwrite, on_progress, started)
+
+
+def _run_job(
+    rows: Any,
+    out: Path,
+    config: TokenizeConfig,
+    executor: Executor,
+    overwrite: bool,
+    on_progress: Callable[[Progress], None] | None,
+    started: float,
+) -> JobSummary:
+    if overwrite:
+        _remove_dataset(out)
+    written = 0
+    task_seconds = work_seconds = 0.0
+    with executor:
         plan = _extend_plan(out, rows, config, executor.workers)
         specs = [ShardSpec(s["name"], tuple(tuple(v) for v in s["videos"])) for s in plan["shards"]]
         pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
@@ -230,11 +249,15 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
 
 
 def _remove_dataset(out: Path) -> None:
-    """Removes what the job writes in ``out`` (and nothing else a user may keep there)."""
-    (out / INDEX).unlink(missing_ok=True)
-    (out / PLAN).unlink(missing_ok=True)
-    (out / ERRORS).unlink(missing_ok=True)
-    shutil.rmtree(out / SHARDS, ignore_errors=True)
+    """Removes what the job writes in ``out`` (and nothing else a user may keep there).
+
+    Raises:
+        OSError: something could not be removed, named; the run must not go on over old shards.
+    """
+    for name in (INDEX, PLAN, ERRORS):
+        (out / name).unlink(missing_ok=True)
+    if (out / SHARDS).exists():
+        shutil.rmtree(out / SHARDS)
 
 
 def _remove_leftovers(out: Path) -> None:
