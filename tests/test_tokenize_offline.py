@@ -387,3 +387,28 @@ def test_overwrite_fails_loudly_and_shards_must_not_be_a_link(
         tokenize_dataset(samples, out2, CONFIG, workers=1, overwrite=True)
     assert (out2 / "shards" / "shard-00000").is_dir() and not (out2 / "index.json").exists()
     assert len(before) == 4
+
+
+@pytest.mark.parametrize("cache", ["short", "long"])
+def test_the_embedded_ray_leaves_nothing_outside_out(tmp_path: Path, samples: Path, cache: str) -> None:
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    # A short cache path holds Ray's sockets; a long one (over Unix sockets' 107 bytes) falls back
+    # to the temp folder. Either way the session is gone when the run ends.
+    home = Path(tempfile.mkdtemp(prefix="c", dir="/tmp")) if cache == "short" else tmp_path / ("c" * 60)
+    try:
+        env = {**os.environ, "XDG_CACHE_HOME": str(home), "TMPDIR": str(temp)}
+        command = [sys.executable, "-m", "rlt", "tokenize", str(samples), str(tmp_path / "out"), "--num-frames",
+                   "8", "--size", "64", "--backend", "decord", "--workers", "2", "--ray-after", "0"]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        ray_folder = home / "rlt-prep" / "ray"
+        if cache == "short":
+            assert ray_folder.is_dir() and list(ray_folder.iterdir()) == []
+        else:
+            assert not ray_folder.exists()
+        assert list(temp.iterdir()) == []
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)

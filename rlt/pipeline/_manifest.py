@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-INT64_MAX = 2**63 - 1
+_INT64_MAX = 2**63 - 1
 # A class index is written in ASCII digits alone: '1.0', '-1', '+3', '1e3', '0x10', '1_000' and
 # non-ASCII digits are not indices, although int() or float() would take them.
 _INDEX = re.compile(r"[0-9]+")
-# What int(), float() or a spreadsheet would read as a number. Such a label is never a class name:
+# ASCII text that float(), int() or int(text, 0) would read as a number: a sign, a point, an
+# exponent, 0x/0o/0b, underscores between digits, inf, nan. Such a label is never a class name:
 # '-1' or '1.0' among names is a slip in the labels, not a class of its own.
+_DIGITS = r"[0-9](?:_?[0-9])*"
 _NUMBER = re.compile(
-    r"[+-]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9]+)?"
-    r"|[+-]?0[xXoObB][0-9a-fA-F_]+"
+    rf"[+-]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?"
+    r"|[+-]?0(?:[xX](?:_?[0-9a-fA-F])+|[oO](?:_?[0-7])+|[bB](?:_?[01])+)"
     r"|[+-]?(?:inf|infinity|nan)",
     re.IGNORECASE,
 )
@@ -178,7 +180,7 @@ def _kind_of(label: str) -> _Kind | None:
 
 def _too_large(label: str) -> bool:
     # The length test first: int() refuses strings of more than 4300 digits.
-    return len(label.lstrip("0")) > len(str(INT64_MAX)) or int(label) > INT64_MAX
+    return len(label.lstrip("0")) > len(str(_INT64_MAX)) or int(label) > _INT64_MAX
 
 
 def _others(records: list[tuple[int, str, str]], k: int, of_kind: int) -> str:
@@ -205,7 +207,7 @@ def _misfit(label: str, label_kind: _Kind | None, kind: _Kind, others: str) -> s
     if label_kind != kind:
         this, what = ("class index", "class names") if label_kind == "index" else ("class name", "class indices")
         return f"label {shown} is a {this}, but {others} are {what}; {_THROUGHOUT}"
-    return f"label {shown} is larger than the largest class index, 2**63 - 1 = {INT64_MAX}"
+    return f"label {shown} is larger than the largest class index, 2**63 - 1 = {_INT64_MAX}"
 
 
 def _show(label: str, limit: int = 40) -> str:

@@ -18,9 +18,12 @@ one executor, and `run_shard` commits it atomically, so being killed at any poin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections import deque
@@ -77,7 +80,17 @@ class Executor:
         if self._started_ray:
             import ray
 
+            session = self._session_dir()
             ray.shutdown()
+            if session is not None and self.address is None:
+                # The embedded Ray's logs and sockets: nothing of the run stays outside OUT.
+                shutil.rmtree(session, ignore_errors=True)
+                for leftover in session.parent.iterdir():  # links to the session, now dangling
+                    if leftover.is_symlink() and not leftover.exists():
+                        leftover.unlink()
+                if session.parent.name.startswith("rlt-prep-ray-"):
+                    with contextlib.suppress(OSError):  # another run's session may still be there
+                        session.parent.rmdir()
 
     def run(self, out: Path, pending: list[ShardSpec]) -> Iterator[dict[str, Any]]:
         """Runs the pending shards and yields each one's result as it completes."""
@@ -138,6 +151,8 @@ class Executor:
                     include_dashboard=False,
                     logging_level=logging.WARNING,
                     object_store_memory=200 * 1024 * 1024,
+                    # Ray's session files go to our cache folder, not the system's temp folder.
+                    _temp_dir=str(ray_temp_dir()),
                 )
             self._started_ray = True
         resources = ray.cluster_resources()
@@ -146,6 +161,36 @@ class Executor:
         if self.requested is None:
             self.workers = max(int(resources.get("CPU", 1)), 1)
         return ray
+
+    def _session_dir(self) -> Path | None:
+        import ray
+
+        # Ray names its session folder only through its node object (no public API as of Ray 2.60).
+        node = getattr(ray._private.worker, "_global_node", None)
+        try:
+            return Path(node.get_session_dir_path()) if node is not None else None
+        except AttributeError:
+            return None
+
+
+# Ray puts Unix sockets at <temp dir>/session_<date>_<time>_<pid>/sockets/plasma_store, and a
+# socket's path may not exceed 107 bytes.
+_SOCKET_ROOM = 107 - len("/session_2026-11-24_09-38-16_594996_4194304/sockets/plasma_store")
+
+
+def ray_temp_dir() -> Path:
+    """Where the embedded Ray keeps its session while a job runs; each run's session is removed
+    when it ends.
+
+    ``$XDG_CACHE_HOME/rlt-prep/ray`` (``~/.cache/rlt-prep/ray``), or, where that path is too long
+    for Ray's sockets, ``rlt-prep-ray-<uid>`` in the system's temp folder (or in ``/tmp``).
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    fallback = f"rlt-prep-ray-{os.getuid()}"
+    candidates = [cache / "rlt-prep" / "ray", Path(tempfile.gettempdir()) / fallback, Path("/tmp") / fallback]
+    folder = next((c for c in candidates if len(str(c)) <= _SOCKET_ROOM), candidates[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 class _Pending:
