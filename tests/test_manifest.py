@@ -192,6 +192,12 @@ def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None
         read_manifest(path)
 
 
+def test_a_file_the_csv_module_refuses_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, ["0", "x" * 200_000])  # past the csv module's field size limit
+    with pytest.raises(ManifestError, match=r"manifest.csv:3: not a valid CSV file \(field larger than field limit"):
+        read_manifest(path)
+
+
 def test_the_error_survives_a_process_boundary(tmp_path: Path) -> None:
     path = write(tmp_path, ["0", "-1"])
     with pytest.raises(ManifestError) as caught:

@@ -412,3 +412,37 @@ def test_the_embedded_ray_leaves_nothing_outside_out(tmp_path: Path, samples: Pa
     finally:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# No hangs ---------------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_ray_address_fails_at_once_saying_what_to_change(tmp_path: Path, samples: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address, says in ((f"127.0.0.1:{port}", "cannot reach a Ray cluster at"), ("no-port", "is not host:port")):
+        # A fresh process: this module's own Ray would be used whatever the address.
+        command = [
+            sys.executable,
+            "-m",
+            "rlt",
+            "tokenize",
+            str(samples),
+            str(tmp_path / "out"),
+            "--ray-address",
+            address,
+        ]
+        started = time.monotonic()
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert time.monotonic() - started < 30
+        assert result.returncode == 2 and says in " ".join(result.stdout.split()), result.stdout + result.stderr
+        assert "--ray-address" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_gpus_the_cluster_does_not_have_are_refused_not_waited_for(tmp_path: Path, samples: Path) -> None:
+    # The module's Ray has no GPU: Ray would queue these tasks for ever.
+    with pytest.raises(ValueError, match=r"--gpus-per-task 1 asks each task for more GPU than the Ray cluster has"):
+        tokenize_dataset(samples, tmp_path / "out", CONFIG, gpus_per_task=1, ray_after=0)

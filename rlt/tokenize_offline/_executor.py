@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -34,6 +35,8 @@ from typing import Any
 from rlt.pipeline import usable_cores
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._shard import ShardSpec, run_shard
+
+log = logging.getLogger(__name__)
 
 # Seconds of work in this process before the embedded Ray is brought up for what is left. By default
 # Ray starts at once and the threads fill its start-up: the job is a Ray job, as its users expect.
@@ -144,9 +147,14 @@ class Executor:
 
         if not ray.is_initialized():
             if self.address:
+                check_reachable(self.address)
                 ray.init(address=self.address, logging_level=logging.WARNING)
             else:
+                _say_if_a_local_head_runs()
                 ray.init(
+                    # "local": a new instance of our own, even where `ray start` left a head (or
+                    # its record) that ray.init would otherwise join.
+                    address="local",
                     num_cpus=self.workers,
                     include_dashboard=False,
                     logging_level=logging.WARNING,
@@ -158,6 +166,14 @@ class Executor:
         resources = ray.cluster_resources()
         if self.gpus_per_task is None:
             self.gpus_per_task = 0.25 if resources.get("GPU", 0) > 0 else 0.0
+        if self.gpus_per_task > max(resources.get("GPU", 0), 0.0):
+            # Ray would queue such tasks for ever, waiting for a GPU that never comes.
+            raise ValueError(
+                f"--gpus-per-task {self.gpus_per_task} asks each task for more GPU than the Ray cluster has "
+                f"({resources.get('GPU', 0):g} GPUs); use --gpus-per-task 0, or a cluster with GPUs"
+            )
+        if resources.get("CPU", 0) < 1:
+            raise ValueError("the Ray cluster has no CPU to run a task on; add a worker node with CPUs")
         if self.requested is None:
             self.workers = max(int(resources.get("CPU", 1)), 1)
         return ray
@@ -171,6 +187,49 @@ class Executor:
             return Path(node.get_session_dir_path()) if node is not None else None
         except AttributeError:
             return None
+
+
+# How long a Ray address may take to answer before the job says it cannot be reached.
+CONNECT_TIMEOUT = 10.0
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Raises a ValueError within ``timeout`` seconds when nothing answers at ``address``
+    (``host:port`` or ``ray://host:port``); ray.init itself would retry for minutes."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise ValueError(f"--ray-address {address!r} is not host:port or ray://host:port") from None
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise ValueError(
+            f"cannot reach a Ray cluster at {address} ({reason} within {timeout:g} s); check --ray-address "
+            f"(or RAY_ADDRESS), or leave it out to run on an embedded Ray"
+        ) from None
+
+
+def _say_if_a_local_head_runs() -> None:
+    """Notes a head started by `ray start` on this machine: the job runs on its own Ray, not on it."""
+    try:
+        from ray._private.utils import read_ray_address  # no public API for `ray start`'s record
+
+        address = read_ray_address()
+    except (ImportError, OSError):
+        return
+    if not address:
+        return
+    with contextlib.suppress(ValueError):
+        check_reachable(address, timeout=1.0)
+        log.warning(
+            "a Ray head started with `ray start` runs at %s; this job starts an embedded Ray of its own. "
+            "To run on that head instead, pass --ray-address %s (or stop it with `ray stop`).",
+            address,
+            address,
+        )
 
 
 # Ray puts Unix sockets at <temp dir>/session_<date>_<time>_<pid>/sockets/plasma_store, and a
