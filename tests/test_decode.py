@@ -291,3 +291,24 @@ def test_the_pool_drops_a_pipeline_that_failed_and_builds_another(monkeypatch: p
         raise RuntimeError("DALI marks the pipeline invalid")
     with pool.checkout(key) as fresh:
         assert fresh != first and len(built) == 2
+
+
+def test_dali_past_the_decodable_end_is_an_error_not_black_frames(videos: dict[str, Path]) -> None:
+    from dataclasses import replace
+
+    # A header may claim more frames than the file holds: DALI must not pad with black frames.
+    lying = replace(probe(videos["vp9"]), num_frames=100)
+    (alone,) = decode_batch([videos["vp9"]], [[39, 60]], backend="dali-cpu", infos=[lying])
+    assert isinstance(alone, VideoDecodeError) and "DALI failed" in alone.reason
+    (chained,) = decode_batch([videos["vp9"]], [[39, 60]], backend="dali-cpu,decord", infos=[lying])
+    assert isinstance(chained, VideoDecodeError) and "decord finds 40 frames" in chained.reason
+    (good,) = decode_batch([videos["vp9"]], [[38, 39]], backend="dali-cpu", infos=[lying])
+    assert isinstance(good, torch.Tensor) and indices_read(good) == [38, 39]
+
+
+def test_a_plain_cuda_device_is_this_threads_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlt.pipeline import concrete_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert concrete_device("cuda") == torch.device("cuda", 3)
+    assert concrete_device("cuda:1") == torch.device("cuda", 1) and concrete_device("cpu") == torch.device("cpu")

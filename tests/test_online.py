@@ -213,7 +213,12 @@ def test_dali_keep_masks_agree_with_the_decord_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.needs_cuda
-def test_decode_to_rlt_has_one_host_synchronisation(tmp_path: Path, videos: dict[str, Path]) -> None:
+@pytest.mark.parametrize(
+    ("drop_policy", "compare"), [("rlt", "previous"), ("rlt", "run_start"), ("random", "previous")]
+)
+def test_decode_to_rlt_has_one_host_synchronisation(
+    tmp_path: Path, videos: dict[str, Path], drop_policy: str, compare: str
+) -> None:
     import warnings
 
     from rlt.pipeline import decode_clips, tokenize_clips
@@ -224,7 +229,7 @@ def test_decode_to_rlt_has_one_host_synchronisation(tmp_path: Path, videos: dict
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            tokenize_clips([decoded], RLTConfig())
+            tokenize_clips([decoded], RLTConfig(drop_policy=drop_policy, compare=compare))  # type: ignore[arg-type]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
@@ -245,3 +250,11 @@ def _to_cpu(batch):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     return replace(batch, tokens=batch.tokens.to("cpu"))
+
+
+def test_a_resumed_pass_skips_its_done_groups_only_once(tmp_path: Path, videos: dict[str, Path]) -> None:
+    manifest = write_manifest(tmp_path, [(str(videos[k]), "0") for k in ("h264", "vp9", "mjpeg", "gray")])
+    pipeline = OnlinePipeline(manifest, sampling=SMALL, backend="decord", videos_per_batch=1)
+    pipeline.load_state_dict({**pipeline.state_dict(), "batches": 3})
+    assert len(list(pipeline)) == 1 and pipeline.batches_done == 4
+    assert len(list(pipeline)) == 4  # the next pass starts from its first group

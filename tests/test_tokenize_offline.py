@@ -446,3 +446,16 @@ def test_gpus_the_cluster_does_not_have_are_refused_not_waited_for(tmp_path: Pat
     # The module's Ray has no GPU: Ray would queue these tasks for ever.
     with pytest.raises(ValueError, match=r"--gpus-per-task 1 asks each task for more GPU than the Ray cluster has"):
         tokenize_dataset(samples, tmp_path / "out", CONFIG, gpus_per_task=1, ray_after=0)
+
+
+def test_when_the_embedded_ray_cannot_start_the_threads_finish_the_job(
+    tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlt.tokenize_offline import _executor
+
+    def broken(self: object) -> None:
+        raise RuntimeError("Failed to start the GCS server")
+
+    monkeypatch.setattr(_executor.Executor, "_start_ray", broken)
+    summary = tokenize_dataset(samples, tmp_path / "out", CONFIG, workers=2, ray_after=0)
+    assert summary.shards == summary.shards_written == 8 and summary.clips == 16

@@ -1,6 +1,6 @@
 """The online path: video files to clips on the device, tokenized where the frames are."""
 
-from rlt.pipeline._clips import DecodedVideo, decode_ahead, decode_clips, usable_cores
+from rlt.pipeline._clips import DecodedVideo, concrete_device, decode_ahead, decode_clips, usable_cores
 from rlt.pipeline._decode import (
     BACKENDS,
     DECODERS,
@@ -41,6 +41,7 @@ __all__ = [
     "VideoInfo",
     "VideoTokens",
     "check_backend",
+    "concrete_device",
     "decode_ahead",
     "decode_batch",
     "decode_clips",

@@ -88,7 +88,7 @@ def decode_clips(
 
     Returns one entry per video: its clips, or the `VideoDecodeError` saying why not.
     """
-    device = torch.device(device) if device is not None else output_device(backend)
+    device = concrete_device(device if device is not None else output_device(backend))
     results: list[DecodedVideo | VideoDecodeError | None] = [None] * len(videos)
     todo = []
     for k, (video, path) in enumerate(videos):
@@ -117,10 +117,12 @@ def decode_clips(
                 continue
             order_KT = np.searchsorted(union_U, np.stack([c.frame_indices for c in clips]))
             frames_KTHWC = _gather(frames_UHWC, order_KT)
-            if frames_KTHWC.device != device:
+            if frames_KTHWC.device.type == "cpu" and device.type == "cuda":
                 # CPU-decoded clips travel at output size, from page-locked memory, off the host's path.
-                pinned = frames_KTHWC.pin_memory() if device.type == "cuda" else frames_KTHWC
-                frames_KTHWC = pinned.to(device, non_blocking=True)
+                frames_KTHWC = frames_KTHWC.pin_memory().to(device, non_blocking=True)
+            elif frames_KTHWC.device != device:
+                # To the CPU, or another GPU: a blocking copy, since nothing else would wait for it.
+                frames_KTHWC = frames_KTHWC.to(device)
             ready = None
             if stream is not None:
                 ready = torch.cuda.Event()
@@ -153,6 +155,17 @@ def decode_ahead(groups: Iterable[G], decode: Callable[[G], R], *, workers: int,
                 future.cancel()
 
 
+def concrete_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index: a plain "cuda" is this thread's current GPU.
+
+    Resolved in the caller's thread, because a new thread's current GPU is always GPU 0.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask, which containers and taskset set)."""
     try:
@@ -167,7 +180,9 @@ _local = threading.local()
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
     """This thread's decoding stream on ``device``."""
     streams = _local.__dict__.setdefault("streams", {})
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device.index
+    if index is None:
+        raise ValueError("a decoding stream needs a GPU index (see concrete_device)")
     if index not in streams:
         streams[index] = torch.cuda.Stream(device=index)
     return streams[index]

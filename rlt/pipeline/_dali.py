@@ -14,6 +14,7 @@ so we drop the pipeline and decode that batch's videos one by one to name it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
@@ -133,8 +134,8 @@ class _Graph:
                     pipe.feed_input(name, values)
                 # DALI makes its outputs ready on the stream we pass: the caller's, not the host.
                 (video,) = pipe.run(stream.cuda_stream) if stream is not None else pipe.run()
-                # DALI reuses its output buffers on the next run: copy out while the pipeline is
-                # ours. At output size this copy is small; it is the only one on the way to torch.
+                # Copied out while the pipeline is ours, so its buffers are free for the next run.
+                # At output size this copy is small; it is the only one on the way to torch.
                 out = [torch.from_dlpack(video[i]).clone() for i in range(batch)]
             except RuntimeError as e:
                 # After a failed run DALI marks the pipeline invalid: the pool drops it.
@@ -173,10 +174,16 @@ class _Pool:
                     self._idle.setdefault(key, []).append(pipe)
                 else:  # failed to build, or failed a run, which leaves a DALI pipeline unusable
                     self._built[key] -= 1
-                self._changed.notify()
+                self._changed.notify_all()  # one condition for every kind: wake the waiter of this one
+
+    def clear(self) -> None:
+        # Before CUDA's own teardown at exit, not after it.
+        with self._changed:
+            self._idle.clear()
 
 
 _pool = _Pool()
+atexit.register(_pool.clear)
 
 
 def _source_window(info: VideoInfo, size: int | None, crop: int | None) -> tuple[np.ndarray, ...]:
@@ -210,7 +217,10 @@ def _build(device: str, device_id: int, max_batch: int, resize: bool) -> Any:
     def video_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        video = _video_decoder(fn)(encoded, frames=frames, device=device)
+        # pad_mode "none": an index past what DALI can decode is an error (then retried by the next
+        # decoder of the chain), not a black frame; a header's frame count can be wrong.
+        extra = {"affine": False} if device == "mixed" else {}  # several pipelines: no core pinning
+        video = _video_decoder(fn)(encoded, frames=frames, device=device, pad_mode="none", **extra)
         if resize:
             out_size = fn.external_source(name="out_size", dtype=types.FLOAT, ndim=1)
             roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rlt._checks import check_choice
-from rlt.pipeline._clips import DecodedVideo, decode_ahead, decode_clips, usable_cores
+from rlt.pipeline._clips import DecodedVideo, concrete_device, decode_ahead, decode_clips, usable_cores
 from rlt.pipeline._decode import Backend, output_device, resolve_backend
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import ManifestRow, read_manifest
@@ -273,9 +273,13 @@ class OnlinePipeline:
     def __iter__(self) -> Iterator[ClipBatch]:
         rows = self._rows()
         groups = [rows[i : i + self.videos_per_batch] for i in range(0, len(rows), self.videos_per_batch)]
-        self.batches_done = self.start_batch
+        # A resumed pass skips its done groups once; the next pass starts from its first group.
+        start, self.start_batch = self.start_batch, 0
+        self.batches_done = start
+        # The workers' GPU is the consumer's: a new thread's current GPU would be GPU 0.
+        self._device = concrete_device(self.device)
         ahead = max(self.prefetch, self.workers)
-        for decoded in decode_ahead(groups[self.start_batch :], self._decode, workers=self.workers, ahead=ahead):
+        for decoded in decode_ahead(groups[start:], self._decode, workers=self.workers, ahead=ahead):
             # Counted before the batch is handed out: a consumer that stops after it has done this group.
             self.batches_done += 1
             yield from self._tokenize(decoded)
@@ -285,7 +289,7 @@ class OnlinePipeline:
             [(row.video, row.path) for row in group],
             sampling=self.sampling,
             backend=self.backend,
-            device=self.device,
+            device=self._device,
             epoch=self.epoch,
             num_threads=self.num_threads,
         )

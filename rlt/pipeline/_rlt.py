@@ -19,7 +19,6 @@ Shape legend:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Literal
 
@@ -132,20 +131,17 @@ def _check_frames(frames: torch.Tensor, tubelet_size: int, patch_size: int) -> t
     return frames.contiguous()
 
 
-def _channel_weights(frames_BTHWC: torch.Tensor, patch_size: int, units: ThresholdUnits) -> torch.Tensor:
-    """Per-channel factors turning an integer patch sum of |a - b| into the mean score."""
-    return _weights(frames_BTHWC.device, patch_size, frames_BTHWC.shape[-1], units)
+def _channel_weights(frames_BTHWC: torch.Tensor, patch_size: int, units: ThresholdUnits) -> tuple[float, ...]:
+    """Per-channel factors turning an integer patch sum of |a - b| into the mean score.
 
-
-@functools.cache
-def _weights(device: torch.device, patch_size: int, c: int, units: ThresholdUnits) -> torch.Tensor:
-    # Made once per device: a host-to-device copy waits for the GPU, and the stage must not.
+    Python floats, not a device tensor: copying one to the GPU would wait for it, and the stage
+    must not.
+    """
+    c = frames_BTHWC.shape[-1]
     pixels = patch_size * patch_size * c
     if units == "normalized":
-        weights = [1.0 / (255.0 * std * pixels) for std in IMAGENET_STD]
-    else:
-        weights = [1.0 / pixels] * c
-    return torch.tensor(weights, dtype=torch.float64, device=device)
+        return tuple(1.0 / (255.0 * std * pixels) for std in IMAGENET_STD)
+    return (1.0 / pixels,) * c
 
 
 def _absdiff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -153,7 +149,7 @@ def _absdiff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.maximum(a, b) - torch.minimum(a, b)
 
 
-def _patch_scores(diff_BHWC: torch.Tensor, patch_size: int, weight_C: torch.Tensor) -> torch.Tensor:
+def _patch_scores(diff_BHWC: torch.Tensor, patch_size: int, weight_C: tuple[float, ...]) -> torch.Tensor:
     """Mean score per patch, float64 ``[B, h, w]``, from the uint8 absolute differences."""
     b, height, width, c = diff_BHWC.shape
     p, h, w = patch_size, height // patch_size, width // patch_size
@@ -165,7 +161,11 @@ def _patch_scores(diff_BHWC: torch.Tensor, patch_size: int, weight_C: torch.Tens
     else:
         row_sums_RX = rows_RpX.sum(1, dtype=torch.int32)
     sums_BhwC = row_sums_RX.view(b, h, w, p, c).sum(3, dtype=torch.int32)
-    return (sums_BhwC.to(torch.float64) * weight_C).sum(-1)
+    sums_BhwC = sums_BhwC.to(torch.float64)
+    scores_Bhw = sums_BhwC[..., 0] * weight_C[0]
+    for channel in range(1, len(weight_C)):
+        scores_Bhw += sums_BhwC[..., channel] * weight_C[channel]
+    return scores_Bhw
 
 
 _LANES = 0x00FF00FF00FF00FF
@@ -186,7 +186,7 @@ def _sum_rows_swar(rows_RpX: torch.Tensor) -> torch.Tensor:
 
 
 def _keep_mask(
-    frames_BTHWC: torch.Tensor, ts: int, p: int, weight_C: torch.Tensor, threshold: float, compare: Compare
+    frames_BTHWC: torch.Tensor, ts: int, p: int, weight_C: tuple[float, ...], threshold: float, compare: Compare
 ) -> torch.Tensor:
     b, t, height, width, c = frames_BTHWC.shape
     g, h, w = t // ts, height // p, width // p

@@ -119,10 +119,18 @@ class Executor:
         return run
 
     def _on_ray(self, out: Path, left: _Pending) -> Iterator[dict[str, Any]]:
-        ray = self._start_ray()  # the threads, if any, go on meanwhile
+        threads = self._threads
+        try:
+            ray = self._start_ray()  # the threads, if any, go on meanwhile
+        except (RuntimeError, ConnectionError) as e:
+            if threads is None:
+                raise
+            # The embedded Ray would only have helped: the threads carry the job on.
+            log.warning("the embedded Ray did not start (%s); the shards go on in this process", e)
+            yield from threads.drain()
+            return
         # Ray re-runs a task whose worker or node died; application errors are not retried.
         task = ray.remote(num_cpus=1, num_gpus=self.gpus_per_task, max_retries=5)(run_shard)
-        threads = self._threads
         running: list[Any] = []
         while True:
             if threads is not None:

@@ -32,6 +32,7 @@ from rlt.dataset import (
 from rlt.pipeline import (
     DecodedVideo,
     VideoDecodeError,
+    concrete_device,
     decode_ahead,
     decode_clips,
     resolve_backend,
@@ -65,7 +66,7 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, video
     started = time.perf_counter()
     chain = resolve_backend(config.backend)
     # The GPU tokenizes wherever one is there, whichever decoder fed it.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = concrete_device("cuda" if torch.cuda.is_available() else "cpu")
     videos = [(video, path) for video, path, _ in spec.videos]
     groups = [videos[i : i + videos_per_batch] for i in range(0, len(videos), videos_per_batch)]
     labels = {video: label for video, _, label in spec.videos}
@@ -78,7 +79,7 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, video
 
     # With a GPU, the next group decodes (NVDEC, or the CPU) while this one is tokenized on the GPU.
     # A CPU-only task has one core: a second thread there would only contend with the first.
-    overlapped = decode_ahead(groups, decode, workers=1, ahead=1) if device == "cuda" else map(decode, groups)
+    overlapped = decode_ahead(groups, decode, workers=1, ahead=1) if device.type == "cuda" else map(decode, groups)
     for decoded in overlapped:
         good = []
         for item in decoded:
