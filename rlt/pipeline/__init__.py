@@ -13,7 +13,7 @@ from rlt.pipeline._decode import (
     resolve_backend,
 )
 from rlt.pipeline._errors import VideoDecodeError
-from rlt.pipeline._manifest import Manifest, ManifestRow, read_manifest
+from rlt.pipeline._manifest import Manifest, ManifestError, ManifestRow, read_manifest
 from rlt.pipeline._online import ClipBatch, OnlinePipeline, RLTConfig, VideoTokens, tokenize_clips, tokenize_video
 from rlt.pipeline._packed import PackedTokens
 from rlt.pipeline._probe import VideoInfo, probe
@@ -33,6 +33,7 @@ __all__ = [
     "DecodedVideo",
     "Decoder",
     "Manifest",
+    "ManifestError",
     "ManifestRow",
     "OnlinePipeline",
     "PackedTokens",
