@@ -459,3 +459,65 @@ def test_when_the_embedded_ray_cannot_start_the_threads_finish_the_job(
     monkeypatch.setattr(_executor.Executor, "_start_ray", broken)
     summary = tokenize_dataset(samples, tmp_path / "out", CONFIG, workers=2, ray_after=0)
     assert summary.shards == summary.shards_written == 8 and summary.clips == 16
+
+
+# Re-runs follow the manifest -------------------------------------------------------------------------
+
+
+def copy_samples(samples: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for video in samples.parent.glob("sample_*"):
+        shutil.copy2(video, folder)
+    shutil.copy2(samples, folder / "manifest.csv")
+    return folder / "manifest.csv"
+
+
+def test_a_rerun_refuses_a_manifest_that_changed_what_was_tokenized(tmp_path: Path, samples: Path) -> None:
+    from rlt.tokenize_offline import ManifestChangedError
+
+    out = tmp_path / "out"
+    tokenize_dataset(samples, out, CONFIG, workers=1)
+    lines = samples.read_text().splitlines()
+    cases = {
+        "labels changed": [lines[0], lines[1].replace(",0", ",1"), *lines[2:]],  # sample_000 is label 0
+        "rows no longer in the manifest": lines[:-1],
+    }
+    for what, changed in cases.items():
+        edited = samples.parent / "edited.csv"
+        edited.write_text("\n".join(changed) + "\n")
+        with pytest.raises(ManifestChangedError, match=rf"1 {what}:\n    sample_00[07]_\w+\.mp4.*\nuse --overwrite"):
+            tokenize_dataset(edited, out, CONFIG, workers=1)
+    # Another folder's videos with the same names are not the ones tokenized.
+    other = copy_samples(samples, tmp_path / "other")
+    with pytest.raises(ManifestChangedError, match=r"8 other or changed files:\n    sample_000_right.mp4: .*other"):
+        tokenize_dataset(other, out, CONFIG, workers=1)
+    # Nor is a file changed in place.
+    video = samples.parent / "sample_003_left.mp4"
+    stat = video.stat()
+    os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        with pytest.raises(ManifestChangedError, match=r"sample_003_left.mp4 changed since it was tokenized"):
+            tokenize_dataset(samples, out, CONFIG, workers=1)
+        assert tokenize_dataset(samples, out, CONFIG, workers=1, overwrite=True).shards_written == 4
+    finally:
+        os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_retry_failed_decodes_the_failed_videos_again_and_keeps_the_rest(tmp_path: Path, samples: Path) -> None:
+    folder = tmp_path / "videos"
+    manifest = copy_samples(samples, folder)
+    late = folder / "sample_005_left.mp4"
+    data = late.read_bytes()
+    late.write_bytes(b"not yet a video")  # fails now, and is fixed before the retry
+    out = tmp_path / "out"
+    assert tokenize_dataset(manifest, out, CONFIG, workers=1).failed == 1
+    before = checksums(out)
+    late.write_bytes(data)
+    # Without the flag a fixed file spoils nothing (it left no rows) and is not decoded.
+    assert tokenize_dataset(manifest, out, CONFIG, workers=1).failed == 1 and checksums(out) == before
+    again = tokenize_dataset(manifest, out, CONFIG, workers=1, retry_failed=True)
+    assert (again.failed, again.shards_written, again.clips) == (0, 1, 16)
+    after = checksums(out)
+    changed = [name for name in before if before[name] != after[name]]
+    assert changed == ["shard-00002"]  # the failed video's shard, and no other
+    assert not (out / "errors.jsonl").read_text()

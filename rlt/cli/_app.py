@@ -184,6 +184,9 @@ def tokenize(
         ),
     ] = RAY_AFTER,
     overwrite: Annotated[bool, typer.Option(help="replace a dataset made with other options")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="decode again the videos in OUT/errors.jsonl (their shards are rewritten)")
+    ] = False,
 ) -> None:
     """Decodes and tokenizes every video once, into a sharded Zarr or Arrow dataset, on Ray.
 
@@ -205,8 +208,9 @@ def tokenize(
             backend=backend,
         )
         summary = _run_tokenize(
-            manifest, out, config, ray_address, workers, overwrite, gpus_per_task, videos_per_batch, ray_after
-        )
+            manifest, out, config, ray_address, workers, overwrite, gpus_per_task, videos_per_batch, ray_after,
+            retry_failed,
+        )  # fmt: skip
     _print_summary(summary)
     if summary.failed:
         raise typer.Exit(code=EXIT_SOME_FAILED)
@@ -222,6 +226,7 @@ def _run_tokenize(
     gpus_per_task: float | None = None,
     videos_per_batch: int = 8,
     ray_after: float = RAY_AFTER,
+    retry_failed: bool = False,
 ) -> JobSummary:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -256,6 +261,7 @@ def _run_tokenize(
             gpus_per_task=gpus_per_task,
             videos_per_batch=videos_per_batch,
             ray_after=ray_after,
+            retry_failed=retry_failed,
             on_progress=update,
         )
 

@@ -2,13 +2,14 @@
 
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._executor import RAY_AFTER
-from rlt.tokenize_offline._job import ConfigMismatchError, JobSummary, Progress, tokenize_dataset
+from rlt.tokenize_offline._job import ConfigMismatchError, JobSummary, ManifestChangedError, Progress, tokenize_dataset
 from rlt.tokenize_offline._shard import ShardSpec, run_shard
 
 __all__ = [
     "RAY_AFTER",
     "ConfigMismatchError",
     "JobSummary",
+    "ManifestChangedError",
     "Progress",
     "ShardSpec",
     "TokenizeConfig",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import time
@@ -87,6 +88,7 @@ def tokenize_dataset(
     gpus_per_task: float | None = None,
     videos_per_batch: int = 8,
     ray_after: float = RAY_AFTER,
+    retry_failed: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> JobSummary:
     """Decodes and tokenizes every video of ``manifest`` once, into sharded files under ``out``.
@@ -106,10 +108,14 @@ def tokenize_dataset(
             and those still left after this many seconds go to an embedded Ray (default 0: Ray
             starts at once and the threads fill its start-up). One worker never starts Ray. See
             `rlt.tokenize_offline._executor`.
+        retry_failed: decode again the videos listed in ``errors.jsonl`` (their shards are written
+            again; the others are kept byte for byte).
         on_progress: called after each committed shard.
 
     Raises:
         ConfigMismatchError: ``out`` holds a dataset made with another configuration.
+        ManifestChangedError: a re-run's manifest changed a label, names another or a changed file
+            for a video already tokenized, or lost rows; ``overwrite`` rebuilds instead.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -132,7 +138,7 @@ def tokenize_dataset(
     )
     # One writer per OUT for the whole run, --overwrite included.
     with lock_output(out):
-        return _run_job(rows, out, config, executor, overwrite, on_progress, started)
+        return _run_job(rows, out, config, executor, overwrite, retry_failed, on_progress, started)
 
 
 def _run_job(
@@ -141,6 +147,7 @@ def _run_job(
     config: TokenizeConfig,
     executor: Executor,
     overwrite: bool,
+    retry_failed: bool,
     on_progress: Callable[[Progress], None] | None,
     started: float,
 ) -> JobSummary:
@@ -149,8 +156,11 @@ def _run_job(
     written = 0
     task_seconds = work_seconds = 0.0
     with executor:
-        plan = _extend_plan(out, rows, config, executor.workers)
-        specs = [ShardSpec(s["name"], tuple(tuple(v) for v in s["videos"])) for s in plan["shards"]]
+        plan = _extend_plan(out, rows, config, executor.workers, retry_failed)
+        # An entry is [video, resolved path, label, size, mtime_ns]; the last two identify the file.
+        specs = [ShardSpec(s["name"], tuple(tuple(v[:3]) for v in s["videos"])) for s in plan["shards"]]
+        if retry_failed:
+            _forget_failed_shards(out, specs)
         pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
         total_videos = sum(len(s.videos) for s in specs)
         if pending or not (out / INDEX).is_file():
@@ -197,7 +207,7 @@ def _add(counts: Progress, meta: dict[str, Any]) -> None:
     counts.failed += meta["failed"]
 
 
-def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig, workers: int) -> dict[str, Any]:
+def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig, workers: int, retry_failed: bool) -> dict[str, Any]:
     path = out / PLAN
     wanted = config.to_dict()
     if path.is_file():
@@ -211,22 +221,87 @@ def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig, workers: int)
             raise ConfigMismatchError(f"{out}: the manifest's class names differ from the dataset's; use --overwrite")
     else:
         plan = {"config": wanted, "classes": list(manifest.classes) if manifest.classes else None, "shards": []}
-    planned = {video for shard in plan["shards"] for video, _, _ in shard["videos"]}
+    planned = {entry[0]: entry for shard in plan["shards"] for entry in shard["videos"]}
+    # Videos that failed left no rows: their files may change (be fixed) without spoiling the dataset.
+    failed = _failed_videos(out, plan)
     seen: set[str] = set()
     new = []
+    changes = _Changes()
     for row in manifest.rows:
         if row.video in seen:
             raise ValueError(f"{manifest.path}: video {row.video!r} appears twice")
         seen.add(row.video)
+        resolved = str(row.path.resolve())
+        identity = _identity(resolved)
         if row.video not in planned:
-            new.append([row.video, str(row.path.resolve()), row.label])
-    if new or not path.is_file():
+            new.append([row.video, resolved, row.label, *identity])
+        elif row.video in failed:
+            if retry_failed:  # decoded again as the manifest has it now
+                planned[row.video][1:] = [resolved, row.label, *identity]
+        else:
+            changes.compare(row.video, planned[row.video], resolved, row.label, identity)
+    changes.removed = [video for video in planned if video not in seen]
+    changes.check(out)
+    if new or retry_failed or not path.is_file():
         first = len(plan["shards"])
         size = shard_size(len(new), config.shard_size, workers)
         for k in range(0, len(new), size):
             plan["shards"].append({"name": f"shard-{first + k // size:05d}", "videos": new[k : k + size]})
         write_json_atomic(path, plan)
     return plan
+
+
+def _failed_videos(out: Path, plan: dict[str, Any]) -> set[str]:
+    """The videos that failed in the committed shards (as ``errors.jsonl`` lists them)."""
+    folders = [shard_folder(out, s["name"]) for s in plan["shards"]]
+    return {e["video"] for folder in folders if folder.is_dir() for e in read_meta(folder)["errors"]}
+
+
+def _identity(path: str) -> list[int]:
+    """[size, mtime_ns] of a video file, recorded in the plan to recognise it on a re-run."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return []  # a missing video fails when decoded, and is recorded then
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+class ManifestChangedError(ConfigMismatchError):
+    """The manifest no longer describes the dataset in ``OUT``: rows changed or went away."""
+
+
+class _Changes:
+    """What a re-run's manifest says differently from the dataset's plan."""
+
+    def __init__(self) -> None:
+        self.labels: list[str] = []
+        self.files: list[str] = []
+        self.removed: list[str] = []
+
+    def compare(self, video: str, entry: list[Any], path: str, label: int, identity: list[int]) -> None:
+        if entry[2] != label:
+            self.labels.append(f"{video}: label {entry[2]} in the dataset, {label} in the manifest")
+        elif entry[1] != path:
+            self.files.append(f"{video}: {path}, not the {entry[1]} that was tokenized")
+        elif len(entry) == 5 and identity and entry[3:] != identity:
+            self.files.append(f"{video}: {path} changed since it was tokenized (size or modification time)")
+
+    def check(self, out: Path) -> None:
+        parts = []
+        for what, items in (
+            ("labels changed", self.labels),
+            ("other or changed files", self.files),
+            ("rows no longer in the manifest", self.removed),
+        ):
+            if items:
+                shown = "\n".join(f"    {item}" for item in items[:5])
+                more = f"\n    ... and {len(items) - 5} more" if len(items) > 5 else ""
+                parts.append(f"  {len(items)} {what}:\n{shown}{more}")
+        if parts:
+            raise ManifestChangedError(
+                f"{out} was tokenized from another version of this manifest:\n" + "\n".join(parts) + "\n"
+                "use --overwrite to rebuild the dataset from this manifest, or another OUT"
+            )
 
 
 def shard_size(videos: int, largest: int, workers: int) -> int:
@@ -246,6 +321,19 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
         elif a != b:
             lines.append(f"  {prefix}{key}: {a!r} in the dataset, {b!r} now")
     return "\n".join(lines)
+
+
+def _forget_failed_shards(out: Path, specs: list[ShardSpec]) -> None:
+    """Removes the committed shards in which a video failed, so that this run writes them again.
+
+    The index goes first: from then on the folder is an unfinished dataset, and a run killed
+    midway leaves those shards pending, which the next run redoes with or without the flag.
+    """
+    failed = [s for s in specs if shard_folder(out, s.name).is_dir() and read_meta(shard_folder(out, s.name))["failed"]]
+    if failed:
+        (out / INDEX).unlink(missing_ok=True)
+    for spec in failed:
+        shutil.rmtree(shard_folder(out, spec.name))
 
 
 def _remove_dataset(out: Path) -> None:
