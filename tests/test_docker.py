@@ -57,6 +57,15 @@ def test_compose_is_valid_and_runs_the_job_against_the_head() -> None:
     assert "--ray-address=ray-head:6379" in config
     assert config.count("data:/data") == 3  # one volume shared by every node
     assert config.count("RAY_AUTH_TOKEN: secret") == 3
+    # The dashboard is published on the host's loopback only, unless RLT_DASHBOARD_BIND opts in.
+    assert re.search(r"127\.0\.0\.1:8265:8265|host_ip: 127\.0\.0\.1", config), config
+    assert "0.0.0.0:8265" not in config
+
+
+def test_the_ray_floor_is_the_first_release_with_token_auth() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    # Ray's docs: token authentication (RAY_AUTH_MODE=token) is available from Ray 2.52.0.
+    assert '"ray[default]>=2.52"' in pyproject
 
 
 def test_compose_refuses_to_start_without_a_ray_token() -> None:
