@@ -108,28 +108,6 @@ def test_dali_gpu_pipeline_stays_on_the_gpu(tmp_path: Path, videos: dict[str, Pa
     assert [e.path for e in pipeline.errors] == [str(videos["random"])]
 
 
-def test_manifest_resolves_relative_paths_and_class_names(tmp_path: Path) -> None:
-    (tmp_path / "sub").mkdir()
-    manifest = write_manifest(tmp_path, [("sub/a.mp4", "walk"), ("/abs/b.mp4", "run"), ("c.mp4", "walk")])
-    read = read_manifest(manifest)
-    assert read.classes == ("run", "walk")
-    assert [r.label for r in read.rows] == [1, 0, 1]
-    assert read.rows[0].path == tmp_path / "sub" / "a.mp4" and read.rows[0].video == "sub/a.mp4"
-    assert read.rows[1].path == Path("/abs/b.mp4")
-
-
-def test_manifest_errors_name_the_line(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_manifest(tmp_path / "none.csv")
-    bad = tmp_path / "bad.csv"
-    bad.write_text("video,label\na.mp4,0\n")
-    with pytest.raises(ValueError, match="'path' column"):
-        read_manifest(bad)
-    bad.write_text("path,label\na.mp4,0\n,1\n")
-    with pytest.raises(ValueError, match=r"bad.csv:3: empty video path"):
-        read_manifest(bad)
-
-
 def test_resize_and_crop() -> None:
     frames = torch.zeros(2, 120, 160, 3, dtype=torch.uint8)
     frames[:, :, 80:] = 200  # right half bright
@@ -195,7 +173,6 @@ def test_a_chain_decides_per_video_in_the_online_pipeline(tmp_path: Path, videos
 
 
 def test_dali_keep_masks_agree_with_the_decord_path(tmp_path: Path) -> None:
-    from rlt.pipeline import read_manifest
     from rlt.samples import make_samples
 
     manifest = make_samples(tmp_path, num_videos=4, num_frames=48, height=180, width=320, codec="vp9")
