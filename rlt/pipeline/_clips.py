@@ -75,6 +75,7 @@ def decode_clips(
     device: torch.device | str | None = None,
     epoch: int = 0,
     num_threads: int = 1,
+    labels: Sequence[int] | None = None,
 ) -> list[DecodedVideo | VideoDecodeError]:
     """Decodes the clips ``sampling`` cuts from each video, resized and cropped where decoded.
 
@@ -85,6 +86,7 @@ def decode_clips(
         device: where the clips go; by default where the backend's first decoder puts frames.
         epoch: the epoch, for training-mode clip offsets.
         num_threads: decoding threads of the CPU decoders.
+        labels: each video's class, carried on its `DecodedVideo`; -1 where not given.
 
     Returns one entry per video: its clips, or the `VideoDecodeError` saying why not.
     """
@@ -100,6 +102,7 @@ def decode_clips(
         clips = sample_clips(info.num_frames, sampling, source_fps=info.fps, video_key=video, epoch=epoch)
         union_U = np.unique(np.concatenate([c.frame_indices for c in clips]))
         todo.append((k, video, info, clips, union_U))
+    labels = labels if labels is not None else [-1] * len(videos)
     stream = _side_stream(device) if device.type == "cuda" else None
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         decoded = decode_batch(
@@ -127,7 +130,9 @@ def decode_clips(
             if stream is not None:
                 ready = torch.cuda.Event()
                 ready.record(stream)
-            results[k] = DecodedVideo(video=video, info=info, clips=clips, frames_KTHWC=frames_KTHWC, ready=ready)
+            results[k] = DecodedVideo(
+                video=video, info=info, clips=clips, frames_KTHWC=frames_KTHWC, label=labels[k], ready=ready
+            )
     return results  # type: ignore[return-value]
 
 

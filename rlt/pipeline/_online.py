@@ -285,18 +285,15 @@ class OnlinePipeline:
             yield from self._tokenize(decoded)
 
     def _decode(self, group: list[ManifestRow]) -> list[DecodedVideo | VideoDecodeError]:
-        decoded = decode_clips(
+        return decode_clips(
             [(row.video, row.path) for row in group],
             sampling=self.sampling,
             backend=self.backend,
             device=self._device,
             epoch=self.epoch,
             num_threads=self.num_threads,
+            labels=[row.label for row in group],
         )
-        for row, item in zip(group, decoded, strict=True):
-            if isinstance(item, DecodedVideo):
-                item.label = row.label
-        return decoded
 
     def _tokenize(self, decoded: list[DecodedVideo | VideoDecodeError]) -> Iterator[ClipBatch]:
         good = []

@@ -67,15 +67,20 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, video
     chain = resolve_backend(config.backend)
     # The GPU tokenizes wherever one is there, whichever decoder fed it.
     device = concrete_device("cuda" if torch.cuda.is_available() else "cpu")
-    videos = [(video, path) for video, path, _ in spec.videos]
+    videos = spec.videos
     groups = [videos[i : i + videos_per_batch] for i in range(0, len(videos), videos_per_batch)]
-    labels = {video: label for video, _, label in spec.videos}
     rows: list[ClipRecord] = []
     errors = []
     dense = 0
 
-    def decode(group: list[tuple[str, str]]) -> list[DecodedVideo | VideoDecodeError]:
-        return decode_clips(group, sampling=config.sampling, backend=config.backend, device=device)
+    def decode(group: tuple[tuple[str, str, int], ...]) -> list[DecodedVideo | VideoDecodeError]:
+        return decode_clips(
+            [(video, path) for video, path, _ in group],
+            sampling=config.sampling,
+            backend=config.backend,
+            device=device,
+            labels=[label for *_, label in group],
+        )
 
     # With a GPU, the next group decodes (NVDEC, or the CPU) while this one is tokenized on the GPU.
     # A CPU-only task has one core: a second thread there would only contend with the first.
@@ -86,7 +91,6 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, video
             if isinstance(item, VideoDecodeError):
                 errors.append({"video": item.path, "reason": item.reason})
             else:
-                item.label = labels[item.video]
                 good.append(item)
         # "random" draws its drops over a whole batch: one video at a time keeps a clip's draw
         # independent of which videos share its batch.
