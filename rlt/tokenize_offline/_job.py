@@ -156,11 +156,12 @@ def _run_job(
     written = 0
     task_seconds = work_seconds = 0.0
     with executor:
-        plan = _extend_plan(out, rows, config, executor.workers, retry_failed)
+        retry = _failed_videos(out) if retry_failed else None
+        plan = _extend_plan(out, rows, config, executor.workers, retry)
         # An entry is [video, resolved path, label, size, mtime_ns]; the last two identify the file.
         specs = [ShardSpec(s["name"], tuple(tuple(v[:3]) for v in s["videos"])) for s in plan["shards"]]
-        if retry_failed:
-            _forget_failed_shards(out, specs)
+        if retry:
+            _forget_shards_of(out, specs, retry)
         pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
         total_videos = sum(len(s.videos) for s in specs)
         if pending or not (out / INDEX).is_file():
@@ -207,7 +208,11 @@ def _add(counts: Progress, meta: dict[str, Any]) -> None:
     counts.failed += meta["failed"]
 
 
-def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig, workers: int, retry_failed: bool) -> dict[str, Any]:
+def _extend_plan(
+    out: Path, manifest: Any, config: TokenizeConfig, workers: int, retry: set[str] | None
+) -> dict[str, Any]:
+    """The plan of ``out``, extended by the manifest's new videos, and with ``retry`` (the failed
+    videos, under --retry-failed) taken as the manifest has them now."""
     path = out / PLAN
     wanted = config.to_dict()
     if path.is_file():
@@ -222,8 +227,6 @@ def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig, workers: int,
     else:
         plan = {"config": wanted, "classes": list(manifest.classes) if manifest.classes else None, "shards": []}
     planned = {entry[0]: entry for shard in plan["shards"] for entry in shard["videos"]}
-    # Videos that failed left no rows: their files may change (be fixed) without spoiling the dataset.
-    failed = _failed_videos(out, plan)
     seen: set[str] = set()
     new = []
     changes = _Changes()
@@ -235,14 +238,17 @@ def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig, workers: int,
         identity = _identity(resolved)
         if row.video not in planned:
             new.append([row.video, resolved, row.label, *identity])
-        elif row.video in failed:
-            if retry_failed:  # decoded again as the manifest has it now
-                planned[row.video][1:] = [resolved, row.label, *identity]
+        elif retry is not None and row.video in retry:
+            planned[row.video][1:] = [resolved, row.label, *identity]
         else:
             changes.compare(row.video, planned[row.video], resolved, row.label, identity)
     changes.removed = [video for video in planned if video not in seen]
+    if changes:
+        # Videos that failed left no rows: their files may change (be fixed) without spoiling the
+        # dataset. Read from the shards only when something changed.
+        changes.forgive(retry if retry is not None else _failed_videos(out))
     changes.check(out)
-    if new or retry_failed or not path.is_file():
+    if new or retry or not path.is_file():
         first = len(plan["shards"])
         size = shard_size(len(new), config.shard_size, workers)
         for k in range(0, len(new), size):
@@ -251,9 +257,9 @@ def _extend_plan(out: Path, manifest: Any, config: TokenizeConfig, workers: int,
     return plan
 
 
-def _failed_videos(out: Path, plan: dict[str, Any]) -> set[str]:
+def _failed_videos(out: Path) -> set[str]:
     """The videos that failed in the committed shards (as ``errors.jsonl`` lists them)."""
-    folders = [shard_folder(out, s["name"]) for s in plan["shards"]]
+    folders = (out / SHARDS).glob("shard-*")  # committed ones: attempts are named .tmp-*
     return {e["video"] for folder in folders if folder.is_dir() for e in read_meta(folder)["errors"]}
 
 
@@ -274,23 +280,32 @@ class _Changes:
     """What a re-run's manifest says differently from the dataset's plan."""
 
     def __init__(self) -> None:
-        self.labels: list[str] = []
-        self.files: list[str] = []
+        # (video, what changed) pairs
+        self.labels: list[tuple[str, str]] = []
+        self.files: list[tuple[str, str]] = []
         self.removed: list[str] = []
 
     def compare(self, video: str, entry: list[Any], path: str, label: int, identity: list[int]) -> None:
         if entry[2] != label:
-            self.labels.append(f"{video}: label {entry[2]} in the dataset, {label} in the manifest")
+            self.labels.append((video, f"label {entry[2]} in the dataset, {label} in the manifest"))
         elif entry[1] != path:
-            self.files.append(f"{video}: {path}, not the {entry[1]} that was tokenized")
+            self.files.append((video, f"{path}, not the {entry[1]} that was tokenized"))
         elif len(entry) == 5 and identity and entry[3:] != identity:
-            self.files.append(f"{video}: {path} changed since it was tokenized (size or modification time)")
+            self.files.append((video, f"{path} changed since it was tokenized (size or modification time)"))
+
+    def __bool__(self) -> bool:
+        return bool(self.labels or self.files or self.removed)
+
+    def forgive(self, failed: set[str]) -> None:
+        """Drops the changes of videos that left no rows (they failed); a removed row stays one."""
+        self.labels = [c for c in self.labels if c[0] not in failed]
+        self.files = [c for c in self.files if c[0] not in failed]
 
     def check(self, out: Path) -> None:
         parts = []
         for what, items in (
-            ("labels changed", self.labels),
-            ("other or changed files", self.files),
+            ("labels changed", [f"{video}: {change}" for video, change in self.labels]),
+            ("other or changed files", [f"{video}: {change}" for video, change in self.files]),
             ("rows no longer in the manifest", self.removed),
         ):
             if items:
@@ -323,17 +338,18 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def _forget_failed_shards(out: Path, specs: list[ShardSpec]) -> None:
-    """Removes the committed shards in which a video failed, so that this run writes them again.
+def _forget_shards_of(out: Path, specs: list[ShardSpec], videos: set[str]) -> None:
+    """Removes the committed shards holding any of ``videos``, so that this run writes them again.
 
     The index goes first: from then on the folder is an unfinished dataset, and a run killed
     midway leaves those shards pending, which the next run redoes with or without the flag.
     """
-    failed = [s for s in specs if shard_folder(out, s.name).is_dir() and read_meta(shard_folder(out, s.name))["failed"]]
-    if failed:
+    folders = [shard_folder(out, s.name) for s in specs if any(video in videos for video, _, _ in s.videos)]
+    folders = [folder for folder in folders if folder.is_dir()]
+    if folders:
         (out / INDEX).unlink(missing_ok=True)
-    for spec in failed:
-        shutil.rmtree(shard_folder(out, spec.name))
+    for folder in folders:
+        shutil.rmtree(folder)
 
 
 def _remove_dataset(out: Path) -> None:
