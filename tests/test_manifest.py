@@ -27,6 +27,13 @@ def write(folder: Path, labels: list[str], name: str = "manifest.csv") -> Path:
 # Labels that read well -----------------------------------------------------------------------------
 
 
+def error_of(path: Path) -> str:
+    """The message of the ValueError reading ``path`` raises."""
+    with pytest.raises(ValueError) as caught:
+        read_manifest(path)
+    return str(caught.value)
+
+
 def test_integer_labels_are_class_indices(tmp_path: Path) -> None:
     read = read_manifest(write(tmp_path, ["0", "2", "1", "007", str(INT64_MAX)]))
     assert [r.label for r in read.rows] == [0, 2, 1, 7, INT64_MAX]
@@ -70,9 +77,7 @@ def test_a_number_that_is_not_an_index_is_an_error_among_integers_and_among_name
     with pytest.raises(ValueError, match=rf"^{re.escape(str(among_integers))}:3: label '{re.escape(label)}' is not"):
         read_manifest(among_integers)
     among_names = write(tmp_path, ["walk", label, "run"], "names.csv")
-    with pytest.raises(ValueError) as caught:
-        read_manifest(among_names)
-    assert str(caught.value) == (
+    assert error_of(among_names) == (
         f"{among_names}:3: label {label!r} reads as a number, so it is not a class name like the labels before it"
         " (line 2), and it is not a class index (an integer >= 0 in plain digits)" + THROUGHOUT
     )
@@ -89,24 +94,18 @@ def test_numbers_alone_that_are_not_indices_are_an_error(tmp_path: Path) -> None
 
 def test_a_name_among_integers_and_an_integer_among_names(tmp_path: Path) -> None:
     path = write(tmp_path, ["0", "1", "walk", "2"])
-    with pytest.raises(ValueError) as caught:
-        read_manifest(path)
-    assert str(caught.value) == (
+    assert error_of(path) == (
         f"{path}:4: label 'walk' is a class name, but the labels before it (lines 2-3) are class indices" + THROUGHOUT
     )
     path = write(tmp_path, ["walk", "run", "3"])
-    with pytest.raises(ValueError) as caught:
-        read_manifest(path)
-    assert str(caught.value) == (
+    assert error_of(path) == (
         f"{path}:4: label '3' is a class index, but the labels before it (lines 2-3) are class names" + THROUGHOUT
     )
 
 
 def test_the_kind_is_that_of_most_labels_so_a_slip_in_the_first_row_is_the_one_named(tmp_path: Path) -> None:
     path = write(tmp_path, ["walk", "0", "1", "2"])
-    with pytest.raises(ValueError) as caught:
-        read_manifest(path)
-    assert str(caught.value) == (
+    assert error_of(path) == (
         f"{path}:2: label 'walk' is a class name, but the other labels (3 of 4 rows) are class indices" + THROUGHOUT
     )
     # On a tie, the first label decides.
@@ -116,9 +115,7 @@ def test_the_kind_is_that_of_most_labels_so_a_slip_in_the_first_row_is_the_one_n
 
 def test_an_index_beyond_int64_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, ["0", str(10**23)])
-    with pytest.raises(ValueError) as caught:
-        read_manifest(path)
-    assert str(caught.value) == (
+    assert error_of(path) == (
         f"{path}:3: label '100000000000000000000000' is larger than the largest class index, 2**63 - 1 = {INT64_MAX}"
     )
     with pytest.raises(ValueError, match=r"manifest.csv:2: label '9223372036854775808' is larger"):
@@ -136,24 +133,31 @@ def test_an_empty_label_names_the_line(tmp_path: Path) -> None:
         read_manifest(write(tmp_path, ["walk", "run", ""]))
 
 
-def test_header_and_path_errors_name_the_file_and_line(tmp_path: Path) -> None:
+def test_a_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_manifest(tmp_path / "none.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("video,label\na.mp4,0\n", r"bad.csv:1: the header must name a 'path' column"),
+        ("path,class\na.mp4,0\n", r"bad.csv:1: the header must name a 'label' column \(beside 'path'\)"),
+        ("path\na.mp4\n", r"bad.csv:1: the header must name a 'label' column"),
+        ("path,label\na.mp4,0\n,1\n", r"bad.csv:3: empty video path"),
+        ("", r"bad.csv: the file is empty"),
+        (
+            "\n\npath,label\n\na.mp4,0\n\n\nb.mp4,x\n",
+            r"csv:8: label 'x' is a class name, but the labels before it \(line 5\)",
+        ),
+        ("\npath\n", r"bad.csv:2: the header must name a 'label' column"),
+    ],
+)
+def test_header_path_and_label_errors_name_the_file_and_line(tmp_path: Path, text: str, error: str) -> None:
+    # Line numbers count the header and blank lines.
     bad = tmp_path / "bad.csv"
-    bad.write_text("video,label\na.mp4,0\n")
-    with pytest.raises(ValueError, match=r"bad.csv:1: the header must name a 'path' column"):
-        read_manifest(bad)
-    bad.write_text("path,class\na.mp4,0\n")
-    with pytest.raises(ValueError, match=r"bad.csv:1: the header must name a 'label' column \(beside 'path'\)"):
-        read_manifest(bad)
-    bad.write_text("path\na.mp4\n")
-    with pytest.raises(ValueError, match=r"bad.csv:1: the header must name a 'label' column"):
-        read_manifest(bad)
-    bad.write_text("path,label\na.mp4,0\n,1\n")
-    with pytest.raises(ValueError, match=r"bad.csv:3: empty video path"):
-        read_manifest(bad)
-    bad.write_text("")
-    with pytest.raises(ValueError, match=r"bad.csv: the file is empty"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=error):
         read_manifest(bad)
 
 
@@ -168,16 +172,6 @@ def test_a_byte_order_mark_crlf_whitespace_and_blank_lines(tmp_path: Path) -> No
     assert [r.video for r in read.rows] == ["a.mp4", "b.mp4"] and read.rows[0].path == tmp_path / "a.mp4"
     path.write_bytes(b"\xef\xbb\xbfpath,label\ra.mp4, 3 \rb.mp4,4\r")  # old Mac line endings
     assert [r.label for r in read_manifest(path).rows] == [3, 4]
-
-
-def test_line_numbers_count_blank_lines(tmp_path: Path) -> None:
-    path = tmp_path / "manifest.csv"
-    path.write_text("\n\npath,label\n\na.mp4,0\n\n\nb.mp4,x\n")
-    with pytest.raises(ValueError, match=r"csv:8: label 'x' is a class name, but the labels before it \(line 5\)"):
-        read_manifest(path)
-    path.write_text("\npath\n")
-    with pytest.raises(ValueError, match=r"manifest.csv:2: the header must name a 'label' column"):
-        read_manifest(path)
 
 
 def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
