@@ -67,7 +67,7 @@ decode_frames(read_manifest(sys.argv[1]).rows[0].path, [0], backend=sys.argv[2])
 sampling = ClipSampling(clips_per_video=2)
 pipeline = OnlinePipeline(sys.argv[1], sampling=sampling, backend=sys.argv[2], videos_per_batch=2)
 start = time.perf_counter()
-clips = sum(batch.tokens.num_clips for batch in pipeline)
+clips = sum(batch.num_clips for batch in pipeline)
 print(clips / (time.perf_counter() - start), pipeline.workers, torch.get_num_threads())
 """
 

@@ -49,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(1)
 
         start = time.perf_counter()
-        online_clips = sum(b.tokens.num_clips for b in OnlinePipeline(manifest, sampling=sampling, backend="decord"))
+        online_clips = sum(b.num_clips for b in OnlinePipeline(manifest, sampling=sampling, backend="decord"))
         online = time.perf_counter() - start
 
         loader = TokenLoader(TokenStream(Path(folder) / "dataset", max_tokens=args.max_tokens, seed=0))

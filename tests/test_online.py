@@ -23,11 +23,11 @@ def write_manifest(folder: Path, rows: list[tuple[str, str]]) -> Path:
 
 def test_tokenize_video_cuts_the_sampled_frames(videos: dict[str, Path]) -> None:
     result = tokenize_video(videos["h264"], sampling=SMALL, backend="decord")
-    assert len(result.clips) == 2
-    assert result.tokens.num_clips == 2 and result.tokens.keep.shape == (2, 4, 4, 4)
+    assert result.num_clips == 2
+    assert result.num_clips == 2 and result.keep.shape == (2, 4, 4, 4)
     # 40 frames, window 15: clips start at 0 and 25.
-    assert result.clips[0].frame_indices.tolist() == list(range(0, 16, 2))
-    assert result.clips[1].frame_indices.tolist() == list(range(25, 41, 2))[:8]
+    assert result.frame_indices[0].tolist() == list(range(0, 16, 2))
+    assert result.frame_indices[1].tolist() == list(range(25, 41, 2))[:8]
     assert not result.padded.any()
 
 
@@ -35,22 +35,22 @@ def test_frames_reach_rlt_in_clip_order(videos: dict[str, Path]) -> None:
     # At native size the barcode survives: unpack the tokens and read each frame's index back.
     native = ClipSampling(num_frames=4, frame_interval=3, clips_per_video=2, size=None, crop=None)
     result = tokenize_video(videos["vp9"], sampling=native, rlt=RLTConfig(drop_policy="none"), backend="dali-cpu")
-    frames = result.tokens.unpack()
-    for clip, clip_frames in zip(result.clips, frames, strict=True):
-        assert [read_frame_index(f) for f in clip_frames.numpy()] == clip.frame_indices.tolist()
+    frames = result.unpack()
+    for indices, clip_frames in zip(result.frame_indices, frames, strict=True):
+        assert [read_frame_index(f) for f in clip_frames.numpy()] == indices.tolist()
 
 
 def test_short_video_marks_padded_tubelets(videos: dict[str, Path]) -> None:
     result = tokenize_video(videos["one_frame"], sampling=SMALL, backend="decord")
     # One real frame: tubelet 0 holds it and a repeat; the rest are padding and dropped.
     assert result.padded[:, 0].logical_not().all() and result.padded[:, 1:].all()
-    assert not result.tokens.keep[:, 1:].any()
+    assert not result.keep[:, 1:].any()
 
 
 def test_video_smaller_than_the_crop_is_resized_up(videos: dict[str, Path]) -> None:
     sampling = ClipSampling(num_frames=4, frame_interval=1, size=128, crop=128)
     result = tokenize_video(videos["small"], sampling=sampling, backend="decord")  # 64x96 source
-    assert result.tokens.keep.shape == (1, 2, 8, 8)
+    assert result.keep.shape == (1, 2, 8, 8)
 
 
 def test_pipeline_yields_every_clip_and_records_broken_videos(tmp_path: Path, videos: dict[str, Path]) -> None:
@@ -63,7 +63,7 @@ def test_pipeline_yields_every_clip_and_records_broken_videos(tmp_path: Path, vi
     )
     seen = []
     for batch in pipeline:
-        assert batch.tokens.num_clips == len(batch.videos) == len(batch.clip_ids) == batch.labels.shape[0]
+        assert batch.num_clips == len(batch.videos) == len(batch.clip_ids) == batch.labels.shape[0]
         assert batch.frame_indices.shape == (len(batch.videos), 8) and batch.padded.shape == (len(batch.videos), 4)
         seen += list(zip(batch.videos, batch.clip_ids, batch.labels.tolist(), strict=True))
     expected = [(str(videos[k]), c, i % 2) for i, k in enumerate(good) for c in (0, 1)]
@@ -83,9 +83,9 @@ def test_pipeline_matches_tokenize_video(tmp_path: Path, videos: dict[str, Path]
     rows = [(str(videos["h264"]), "0"), (str(videos["mjpeg"]), "1")]
     (batch,) = list(OnlinePipeline(write_manifest(tmp_path, rows), sampling=SMALL, backend="decord"))
     for k, kind in enumerate(("h264", "mjpeg")):
-        alone = tokenize_video(videos[kind], sampling=SMALL, backend="decord").tokens
+        alone = tokenize_video(videos[kind], sampling=SMALL, backend="decord")
         for clip in range(2):
-            a, b = batch.tokens.clip(2 * k + clip), alone.clip(clip)
+            a, b = batch.clip(2 * k + clip), alone.clip(clip)
             assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
 
 
@@ -95,7 +95,7 @@ def test_tokenizes_on_the_requested_device(videos: dict[str, Path], device: str)
     assert result.tokens.device.type == device
     cpu = tokenize_video(videos["h264"], sampling=SMALL, backend="decord")
     # The GPU resize may round differently from the CPU's exact uint8 path; the shapes agree.
-    assert result.tokens.keep.shape == cpu.tokens.keep.shape
+    assert result.keep.shape == cpu.keep.shape
 
 
 @pytest.mark.needs_cuda
@@ -104,7 +104,7 @@ def test_dali_gpu_pipeline_stays_on_the_gpu(tmp_path: Path, videos: dict[str, Pa
     pipeline = OnlinePipeline(write_manifest(tmp_path, rows), sampling=SMALL, backend="dali")
     batches = list(pipeline)
     assert all(b.tokens.device.type == "cuda" for b in batches)
-    assert sum(b.tokens.num_clips for b in batches) == 4
+    assert sum(b.num_clips for b in batches) == 4
     assert [e.path for e in pipeline.errors] == [str(videos["random"])]
 
 
@@ -126,8 +126,8 @@ def assert_same_batches(a: list, b: list) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
         assert x.videos == y.videos and x.clip_ids == y.clip_ids and torch.equal(x.labels, y.labels)
-        assert torch.equal(x.tokens.tokens, y.tokens.tokens) and torch.equal(x.tokens.lengths, y.tokens.lengths)
-        assert torch.equal(x.tokens.positions, y.tokens.positions)
+        assert torch.equal(x.tokens, y.tokens) and torch.equal(x.lengths, y.lengths)
+        assert torch.equal(x.positions, y.positions)
 
 
 def test_a_pool_of_workers_keeps_order_determinism_and_exact_resume(tmp_path: Path, videos: dict[str, Path]) -> None:
@@ -164,12 +164,12 @@ def test_a_chain_decides_per_video_in_the_online_pipeline(tmp_path: Path, videos
     kinds = ["h264", "vp9", "mjpeg", "odd_size", "vp9_vfr"]
     manifest = write_manifest(tmp_path, [(str(videos[k]), "0") for k in kinds])
     (batch,) = list(OnlinePipeline(manifest, sampling=SMALL, backend="dali-cpu,decord", videos_per_batch=8))
-    assert batch.videos == [str(videos[k]) for k in kinds for _ in (0, 1)]
+    assert list(batch.videos) == [str(videos[k]) for k in kinds for _ in (0, 1)]
     for k, kind in enumerate(kinds):
         alone = "decord" if kind in ("h264", "odd_size") else "dali-cpu"
-        tokens = tokenize_video(videos[kind], sampling=SMALL, backend=alone).tokens
+        tokens = tokenize_video(videos[kind], sampling=SMALL, backend=alone)
         for clip in range(2):
-            assert torch.equal(batch.tokens.clip(2 * k + clip).tokens, tokens.clip(clip).tokens), kind
+            assert torch.equal(batch.clip(2 * k + clip).tokens, tokens.clip(clip).tokens), kind
 
 
 def test_dali_keep_masks_agree_with_the_decord_path(tmp_path: Path) -> None:
@@ -179,8 +179,8 @@ def test_dali_keep_masks_agree_with_the_decord_path(tmp_path: Path) -> None:
     sampling = ClipSampling(num_frames=16, frame_interval=2, clips_per_video=2, size=112, crop=112)
     agree = total = kept = 0
     for row in read_manifest(manifest).rows:
-        dali = tokenize_video(row.path, sampling=sampling, backend="dali-cpu").tokens.keep
-        decord = tokenize_video(row.path, sampling=sampling, backend="decord").tokens.keep
+        dali = tokenize_video(row.path, sampling=sampling, backend="dali-cpu").keep
+        decord = tokenize_video(row.path, sampling=sampling, backend="decord").keep
         # Tubelet 0 is always kept: count the decisions RLT makes.
         agree += int((dali[:, 1:] == decord[:, 1:]).sum())
         total += dali[:, 1:].numel()
@@ -224,9 +224,7 @@ def test_cpu_decoded_clips_reach_the_gpu_like_the_cpu_path(tmp_path: Path, video
 
 
 def _to_cpu(batch):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
-    return replace(batch, tokens=batch.tokens.to("cpu"))
+    return batch.to("cpu")
 
 
 def test_a_resumed_pass_skips_its_done_groups_only_once(tmp_path: Path, videos: dict[str, Path]) -> None:

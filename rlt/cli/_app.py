@@ -81,14 +81,13 @@ def demo(
     table = Table("video", "clip", "tokens kept", "of dense", "kept %", "mean run (tubelets)")
     kept = dense = 0
     for batch in pipeline:
-        tokens = batch.tokens
-        for b in range(tokens.num_clips):
-            clip = tokens.clip(b)
+        for b in range(batch.num_clips):
+            clip = batch.clip(b)
             n, d = clip.num_tokens, clip.dense_tokens
             kept, dense = kept + n, dense + d
             table.add_row(
-                batch.videos[b],
-                str(batch.clip_ids[b]),
+                clip.videos[0] if clip.videos else "",
+                str(clip.clip_ids[0] if clip.clip_ids else b),
                 str(n),
                 str(d),
                 f"{100 * n / d:.1f}",
@@ -464,6 +463,36 @@ def eval_command(
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+
+
+@app.command()
+def export(
+    dataset: Annotated[Path, typer.Argument(help="a dataset written by `rlt-prep tokenize`")],
+    out: Annotated[Path, typer.Argument(help="new folder for the files, one per shard")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="parquet (zstd: DuckDB, Polars, Spark) | arrow-stream (Arrow IPC streams: HF datasets)"
+        ),
+    ],
+    columns: Annotated[str | None, typer.Option(help="comma-separated fields to write (default: all)")] = None,
+) -> None:
+    """Writes a dataset's rows as Parquet or Arrow IPC stream files, one per shard, for other tools."""
+    from rlt.dataset import export_dataset
+
+    with _bad_input_exits():
+        summary = export_dataset(
+            dataset,
+            out,
+            format=format,  # type: ignore[arg-type]
+            columns=[c.strip() for c in columns.split(",")] if columns is not None else None,
+        )
+    console.print(
+        f"exported {summary.rows} clips into {summary.files} {summary.format} files, "
+        f"{summary.bytes / 1e6:.1f} MB, in {summary.out}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @app.command()

@@ -1,20 +1,32 @@
 """The on-disk token dataset: one format (FORMAT.md) for the writer, the loader and the reports."""
 
-from rlt.dataset._files import META, checksum, file_list, fsync_tree, open_atomic, write_json_atomic
-from rlt.dataset._reader import (
+from rlt.dataset._export import export_dataset
+from rlt.dataset._files import META, cache_root, checksum, file_list, open_atomic, write_json_atomic
+from rlt.dataset._format import (
     FORMAT,
     FORMAT_VERSION,
     INDEX,
+    PLAN,
     SHARDS,
-    CorruptShardError,
-    ShardInfo,
-    TokenDataset,
-    open_dataset,
+    STORAGES,
+    DatasetIndex,
+    FailedVideo,
+    FileEntry,
+    FormatError,
+    Geometry,
+    ShardEntry,
+    ShardMeta,
+    Totals,
+    check_shard_name,
     read_index,
-    verify_shard,
+    read_plan,
+    read_shard_meta,
+    write_index,
 )
+from rlt.dataset._reader import CorruptShardError, TokenDataset, open_dataset, verify_shard
 from rlt.dataset._record import FIELDS, ClipRecord
-from rlt.dataset._storage import STORAGES, ShardReader, Storage, expected_files, write_rows
+from rlt.dataset._storage import ShardReader, Storage
+from rlt.dataset._writer import ShardWriter, shard_folder
 
 __all__ = [
     "FIELDS",
@@ -22,22 +34,35 @@ __all__ = [
     "FORMAT_VERSION",
     "INDEX",
     "META",
+    "PLAN",
     "SHARDS",
     "STORAGES",
     "ClipRecord",
     "CorruptShardError",
-    "ShardInfo",
+    "DatasetIndex",
+    "FailedVideo",
+    "FileEntry",
+    "FormatError",
+    "Geometry",
+    "ShardEntry",
+    "ShardMeta",
     "ShardReader",
+    "ShardWriter",
     "Storage",
     "TokenDataset",
+    "Totals",
+    "cache_root",
+    "check_shard_name",
     "checksum",
-    "expected_files",
+    "export_dataset",
     "file_list",
-    "fsync_tree",
     "open_atomic",
     "open_dataset",
     "read_index",
+    "read_plan",
+    "read_shard_meta",
+    "shard_folder",
     "verify_shard",
+    "write_index",
     "write_json_atomic",
-    "write_rows",
 ]

@@ -3,101 +3,107 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
+import logging
+import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rlt.dataset._files import META, checksum, file_list
+from rlt.dataset._files import META, cache_root, checksum, file_list, write_json_atomic
+from rlt.dataset._format import (
+    INDEX,
+    SHARDS,
+    FormatError,
+    ShardEntry,
+    check_shard_name,
+    read_index,
+    read_shard_meta,
+)
 from rlt.dataset._record import FIELDS, ClipRecord
 from rlt.dataset._storage import ShardReader
 
-FORMAT = "rlt-tokens"
-FORMAT_VERSION = 1
-INDEX = "index.json"
-SHARDS = "shards"
-
-
-# Shards whose checksum this process has recomputed: (folder, checksum). Training reads every shard
-# each epoch, often from several worker processes; hashing each shard once per process is enough to
-# catch a truncated or altered file before its rows are used.
+# Shards whose checksum this process has checked: (folder, checksum). Across processes and runs, a
+# record in the cache folder (`verified_before`) spares hashing a shard whose files have not changed.
 _verified: set[tuple[str, str]] = set()
+log = logging.getLogger(__name__)
 
 
 class CorruptShardError(OSError):
-    """A shard's files do not match the checksum its index records.
+    """A shard's files do not match the checksum its index records, or not the format.
 
     Attributes:
         shard: the shard's folder.
         reason: what does not match.
     """
 
-    def __init__(self, shard: str | Path, reason: str) -> None:
+    def __init__(self, shard: str | Path, reason: str = "") -> None:
+        # One argument is a whole message: how torch's DataLoader re-raises a worker's exception.
         self.shard, self.reason = str(shard), reason
-        super().__init__(f"{self.shard}: {reason}")
+        super().__init__(f"{self.shard}: {reason}" if reason else self.shard)
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         return (type(self), (self.shard, self.reason))
 
 
-@dataclass(frozen=True)
-class ShardInfo:
-    """A shard as the index records it."""
+def verify_shard(folder: Path, expected: str, *, remember: bool = True) -> None:
+    """Checks a shard's files against the checksum ``expected``; raises `CorruptShardError` if they differ.
 
-    name: str
-    rows: int
-    tokens: int
-    bytes: int
-    checksum: str
+    A shard checked before on this machine, whose files have kept their sizes and modification times
+    since (a record in the cache folder, see `cache_root`), is not hashed again.
 
-
-def read_index(root: str | Path) -> dict[str, Any]:
-    """Reads and checks ``root/index.json``; raises a clear error for a missing or unknown one."""
-    path = Path(root) / INDEX
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: {root} is not a finished rlt-prep dataset (a job that did not finish "
-            f"writes no index; run `rlt-prep tokenize` again to complete it)"
-        )
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from e
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {index.get('format')!r} is not {FORMAT!r}")
-    if index.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format version {index.get('version')!r} is not supported (this rlt-prep reads version "
-            f"{FORMAT_VERSION}); upgrade rlt-prep or re-run `rlt-prep tokenize`"
-        )
-    return index
-
-
-def verify_shard(folder: Path, expected: str) -> None:
-    """Recomputes a shard's checksum from its files; raises `CorruptShardError` if it differs."""
+    Args:
+        remember: record a successful check, for the next process or run.
+    """
     if not folder.is_dir():
         raise CorruptShardError(folder, "the shard folder is missing")
+    record = (
+        cache_root() / "verified" / (hashlib.sha256(f"{folder.resolve()}\t{expected}".encode()).hexdigest() + ".json")
+    )
+    stats = _file_stats(folder)
     try:
-        recorded = json.loads((folder / META).read_text())["files"]
-    except (OSError, ValueError, KeyError) as e:
+        if json.loads(record.read_text()) == stats:
+            return
+    except (OSError, ValueError):
+        pass  # never checked here, or the record is unreadable: hash the files
+    try:
+        recorded = read_shard_meta(folder).files
+    except (OSError, FormatError) as e:
         raise CorruptShardError(folder, f"unreadable {META} ({e})") from e
     actual = file_list(folder)
     if checksum(actual) != expected:
         by_path = {e["path"]: e for e in actual}
         for entry in recorded:
-            found = by_path.get(entry["path"])
+            found = by_path.get(entry.path)
             if found is None:
-                raise CorruptShardError(folder, f"{entry['path']} is missing")
-            if found["bytes"] != entry["bytes"]:
+                raise CorruptShardError(folder, f"{entry.path} is missing")
+            if found["bytes"] != entry.bytes:
                 raise CorruptShardError(
-                    folder, f"{entry['path']} has {found['bytes']} bytes, expected {entry['bytes']} (truncated?)"
+                    folder, f"{entry.path} has {found['bytes']} bytes, expected {entry.bytes} (truncated?)"
                 )
-            if found["sha256"] != entry["sha256"]:
-                raise CorruptShardError(folder, f"{entry['path']} does not match its checksum (altered)")
+            if found["digest"] != entry.digest:
+                raise CorruptShardError(folder, f"{entry.path} does not match its checksum (altered)")
         raise CorruptShardError(folder, "the shard's files do not match the checksum in the index")
+    if remember and _file_stats(folder) == stats:  # unchanged while we hashed
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(record, stats)
+        except OSError as e:  # a read-only home: every process hashes again, nothing worse
+            log.debug("cannot record the check of %s in %s: %s", folder, record, e)
+
+
+def _file_stats(folder: Path) -> list[list[Any]]:
+    """Each file below ``folder``: [relative path, size, mtime_ns]."""
+    stats = []
+    for base, _, names in os.walk(folder):
+        for name in names:
+            full = os.path.join(base, name)
+            st = os.stat(full)
+            stats.append([os.path.relpath(full, folder), st.st_size, st.st_mtime_ns])
+    return sorted(stats)
 
 
 class TokenDataset:
@@ -122,16 +128,15 @@ class TokenDataset:
         if unknown:
             raise ValueError(f"unknown columns {unknown}; the fields are {', '.join(FIELDS)}")
         self.verify = verify
-        self.storage = self.index["storage"]
-        self.shards = [
-            ShardInfo(s["name"], s["rows"], s["tokens"], s["bytes"], s["checksum"]) for s in self.index["shards"]
-        ]
+        self.storage = self.index.storage
+        self.geometry = self.index.geometry
+        self.shards: list[ShardEntry] = list(self.index.shards)
         self._starts = np.cumsum([0] + [s.rows for s in self.shards]).tolist()
         self._readers: dict[int, ShardReader] = {}
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.index["config"]
+        return self.index.config
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -153,16 +158,22 @@ class TokenDataset:
         """The reader of shard ``k``, verified on first use."""
         if k not in self._readers:
             info = self.shards[k]
-            folder = self.root / SHARDS / info.name
+            folder = self.root / SHARDS / check_shard_name(info.name, self.root / INDEX, f"shards[{k}].name")
             if self.verify and (str(folder), info.checksum) not in _verified:
                 verify_shard(folder, info.checksum)
                 _verified.add((str(folder), info.checksum))
             try:
-                reader = ShardReader(folder, self.storage, preload=self.preload)
+                reader = ShardReader(folder, self.storage, self.geometry, preload=self.preload)  # type: ignore[arg-type]
+            except FormatError as e:
+                raise CorruptShardError(folder, str(e).removeprefix(f"{folder}/")) from e
             except Exception as e:  # pyarrow and zarr raise their own types for unreadable files
                 raise CorruptShardError(folder, f"unreadable ({type(e).__name__}: {e})") from e
-            if reader.rows != info.rows:
-                raise CorruptShardError(folder, f"holds {reader.rows} rows, the index says {info.rows}")
+            if (reader.rows, reader.tokens) != (info.rows, info.tokens):
+                raise CorruptShardError(
+                    folder,
+                    f"holds {reader.rows} rows and {reader.tokens} tokens; "
+                    f"the index says {info.rows} and {info.tokens}",
+                )
             self._readers[k] = reader
         return self._readers[k]
 

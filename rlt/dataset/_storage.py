@@ -9,10 +9,10 @@ from typing import Any, Literal
 import numpy as np
 
 from rlt._checks import check_choice
+from rlt.dataset._format import STORAGES, FormatError, Geometry
 from rlt.dataset._record import ClipRecord
 
 Storage = Literal["zarr", "arrow"]
-STORAGES = ("zarr", "arrow")
 # Arrow shards keep the pixels apart, so that reading metadata never pages pixels in.
 ARROW_FILE = "clips.arrow"
 ARROW_TOKENS_FILE = "tokens.arrow"
@@ -22,45 +22,14 @@ TOKEN_CHUNK = 256
 TOKEN_SHARD = 8192
 
 
-def write_rows(
-    folder: Path, rows: Sequence[ClipRecord], *, storage: Storage, token_dim: int, grid: tuple[int, int]
-) -> None:
-    """Writes ``rows`` into the (new, empty) shard folder.
-
-    Args:
-        token_dim: D, values per token, so that a shard with no tokens still has the right width.
-        grid: (T, G) frames and tubelets per clip, likewise.
-    """
-    columns = _columns(rows, token_dim, grid)
+def write_columns(folder: Path, columns: dict[str, np.ndarray], *, storage: Storage, geometry: Geometry) -> None:
+    """Writes a shard's columns (as `ShardWriter` makes them) into the new, empty ``folder``."""
     if storage == "zarr":
         _write_zarr(folder, columns)
     elif storage == "arrow":
-        _write_arrow(folder, columns, token_dim)
+        _write_arrow(folder, columns, geometry)
     else:
         check_choice("storage", storage, STORAGES)
-
-
-def _columns(rows: Sequence[ClipRecord], token_dim: int, grid: tuple[int, int]) -> dict[str, np.ndarray]:
-    t, g = grid
-    counts = np.array([r.num_tokens for r in rows], dtype=np.int64)
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-
-    def stack(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        parts: list[np.ndarray] = [np.asarray(getattr(r, name), dtype=dtype).reshape(shape) for r in rows]
-        return np.concatenate(parts) if parts else np.zeros((0, *shape[1:]), dtype=dtype)
-
-    return {
-        "video": np.array([r.video for r in rows], dtype=object),
-        "label": np.array([r.label for r in rows], dtype=np.int64),
-        "clip": np.array([r.clip for r in rows], dtype=np.int32),
-        "frame_indices": stack("frame_indices", (1, t), np.int32),
-        "padded": stack("padded", (1, g), np.bool_),
-        "token_offsets": offsets,
-        "positions": stack("positions", (-1, 3), np.int16),
-        "lengths": stack("lengths", (-1,), np.int16),
-        "tokens": stack("tokens", (-1, token_dim), np.uint8),
-    }
 
 
 def _write_zarr(folder: Path, columns: dict[str, np.ndarray]) -> None:
@@ -89,9 +58,12 @@ def _write_zarr(folder: Path, columns: dict[str, np.ndarray]) -> None:
             array[...] = values
 
 
-def _write_arrow(folder: Path, columns: dict[str, np.ndarray], token_dim: int) -> None:
+def _write_arrow(folder: Path, columns: dict[str, np.ndarray], geometry: Geometry) -> None:
     import pyarrow as pa
 
+    token_dim = geometry.token_dim
+    if columns["token_offsets"][-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"{folder}: an Arrow shard holds at most 2**31 - 1 tokens; lower shard_size")
     offsets = pa.array(columns["token_offsets"].astype(np.int32))
     rows = len(columns["label"])
 
@@ -105,6 +77,7 @@ def _write_arrow(folder: Path, columns: dict[str, np.ndarray], token_dim: int) -
             pa.array(np.arange(rows + 1, dtype=np.int32) * width), pa.array(values.reshape(-1), type=item)
         )
 
+    clips_schema, tokens_schema = arrow_schemas(geometry)
     table = pa.table(
         {
             "video": pa.array(columns["video"].tolist(), type=pa.string()),
@@ -115,9 +88,10 @@ def _write_arrow(folder: Path, columns: dict[str, np.ndarray], token_dim: int) -
             "num_tokens": pa.array(np.diff(columns["token_offsets"]).astype(np.int32)),
             "positions": fixed_lists(columns["positions"], 3, pa.int16()),
             "lengths": pa.ListArray.from_arrays(offsets, pa.array(columns["lengths"], type=pa.int16())),
-        }
+        },
+        schema=clips_schema,
     )
-    tokens = pa.table({"tokens": fixed_lists(columns["tokens"], token_dim, pa.uint8())})
+    tokens = pa.table({"tokens": fixed_lists(columns["tokens"], token_dim, pa.uint8())}, schema=tokens_schema)
     for name, part in ((ARROW_FILE, table), (ARROW_TOKENS_FILE, tokens)):
         with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_file(sink, part.schema) as writer:
             writer.write_table(part)
@@ -130,32 +104,141 @@ def expected_files(storage: Storage) -> set[str]:
     return {"zarr.json"} | {f"{array}/zarr.json" for array in ZARR_ARRAYS}
 
 
+def arrow_schemas(geometry: Geometry) -> tuple[Any, Any]:
+    """The schemas of ``clips.arrow`` and ``tokens.arrow`` (FORMAT.md), exactly as written and read."""
+    import pyarrow as pa
+
+    clips = pa.schema(
+        [
+            ("video", pa.string()),
+            ("label", pa.int64()),
+            ("clip", pa.int32()),
+            ("frame_indices", pa.list_(pa.int32())),
+            ("padded", pa.list_(pa.bool_())),
+            ("num_tokens", pa.int32()),
+            ("positions", pa.list_(pa.list_(pa.int16(), 3))),
+            ("lengths", pa.list_(pa.int16())),
+        ]
+    )
+    tokens = pa.schema([("tokens", pa.list_(pa.list_(pa.uint8(), geometry.token_dim)))])
+    return clips, tokens
+
+
 class ShardReader:
     """Reads rows of one committed shard, only the fields asked for.
 
+    Opening a shard checks its structure against the format and ``geometry``: the arrays and their
+    dtypes and shapes, row and token counts, offsets, and that every position lies on the clip's grid
+    and every run inside the clip. A shard that fails raises `FormatError` naming the file and field.
+
     Args:
         preload: for Zarr, decompress the per-token arrays (tokens, positions, lengths) whole on
-            first use and serve rows from memory. Zarr's cost per read dominates when a loader takes
-            many clips from a shard; Arrow is memory-mapped and needs no preloading.
+            first use and serve rows from memory; without it a read decompresses only the chunks
+            holding its rows. Arrow is memory-mapped and needs no preloading.
     """
 
-    def __init__(self, folder: Path, storage: Storage, *, preload: bool = False) -> None:
-        self.folder, self.storage, self.preload = folder, storage, preload
+    def __init__(self, folder: Path, storage: Storage, geometry: Geometry, *, preload: bool = False) -> None:
+        self.folder, self.storage, self.geometry, self.preload = folder, storage, geometry, preload
+        self._cache: dict[str, np.ndarray] = {}
         if storage == "zarr":
-            import zarr
-
-            self._group: Any = zarr.open_group(str(folder), mode="r")
-            offsets: Any = self._group["token_offsets"]
-            self._offsets: np.ndarray = np.asarray(offsets[:])
-            self.rows = len(self._offsets) - 1
-            self._cache: dict[str, np.ndarray] = {}
+            self._open_zarr()
         else:
-            self._table = _open_arrow(folder / ARROW_FILE)
-            self._tokens_table: Any = None  # opened on the first read of pixels
-            self.rows = self._table.num_rows
-            self._offsets = (
-                self._table.column("lengths").chunk(0).offsets.to_numpy() if self.rows else np.zeros(1, np.int64)
-            )
+            self._open_arrow()
+        self._check_tokens()
+
+    def _open_zarr(self) -> None:
+        import zarr
+
+        g = self.geometry
+        self._group: Any = zarr.open_group(str(self.folder), mode="r")
+        self._arrays: dict[str, Any] = {}
+        offsets = np.asarray(self._array("token_offsets", np.int64, (None,))[:])
+        self.rows = len(offsets) - 1
+        self._offsets = offsets
+        if self.rows < 0 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+            raise FormatError(self.folder / "token_offsets", "values", "offsets must start at 0 and never decrease")
+        self.tokens = int(offsets[-1])
+        r, n = self.rows, self.tokens
+        self._array("video", None, (r,))
+        self._array("label", np.int64, (r,))
+        self._array("clip", np.int32, (r,))
+        self._array("frame_indices", np.int32, (r, g.frames))
+        self._array("padded", np.bool_, (r, g.tubelets))
+        self._array("positions", np.int16, (n, 3))
+        self._array("lengths", np.int16, (n,))
+
+    def _array(self, name: str, dtype: type | None, shape: tuple[int | None, ...]) -> Any:
+        try:
+            array = self._group[name]
+        except KeyError:
+            raise FormatError(self.folder / name, "", "the array is missing") from None
+        self._arrays[name] = array  # opening one reads its metadata: once per shard
+        wrong_shape = len(array.shape) != len(shape) or any(
+            w not in (None, a) for a, w in zip(array.shape, shape, strict=True)
+        )
+        if wrong_shape or (dtype is not None and array.dtype != dtype):
+            want = f"{np.dtype(dtype) if dtype else 'string'} {['N' if w is None else w for w in shape]}"
+            raise FormatError(self.folder / name, "", f"is {array.dtype} {list(array.shape)}, the format says {want}")
+        return array
+
+    def _open_arrow(self) -> None:
+        clips_schema, _ = arrow_schemas(self.geometry)
+        self._table = _open_arrow(self.folder / ARROW_FILE, clips_schema)
+        self._tokens_table: Any = None  # opened and checked on the first read of pixels
+        self.rows = self._table.num_rows
+        lengths = self._table.column("lengths").chunk(0)
+        self._offsets = lengths.offsets.to_numpy().astype(np.int64)
+        self.tokens = int(self._offsets[-1])
+        g = self.geometry
+
+        def fail(name: str, reason: str) -> FormatError:
+            return FormatError(self.folder / ARROW_FILE, name, reason)
+
+        if self._offsets[0] != 0:
+            raise fail("lengths", "list offsets must start at 0")
+        if not np.array_equal(self._table.column("positions").chunk(0).offsets.to_numpy(), self._offsets):
+            raise fail("positions", "its rows do not hold the same tokens as lengths")
+        if not np.array_equal(self._table.column("num_tokens").chunk(0).to_numpy(), np.diff(self._offsets)):
+            raise fail("num_tokens", "disagrees with the rows' tokens")
+        for name, width in (("frame_indices", g.frames), ("padded", g.tubelets)):
+            offsets = self._table.column(name).chunk(0).offsets.to_numpy()
+            if not np.array_equal(offsets, np.arange(self.rows + 1) * width):
+                raise fail(name, f"every row must hold {width} values")
+
+    def _pixels(self) -> Any:
+        """The tokens (pixels), opened and checked on first use: reports that read metadata never
+        touch them."""
+        if self.storage == "zarr":
+            if "tokens" not in self._arrays:
+                self._array("tokens", np.uint8, (self.tokens, self.geometry.token_dim))
+            return self._arrays["tokens"]
+        if self._tokens_table is None:
+            path = self.folder / ARROW_TOKENS_FILE
+            table = _open_arrow(path, arrow_schemas(self.geometry)[1])
+            if table.num_rows != self.rows:
+                raise FormatError(path, "tokens", f"{table.num_rows} rows, not {self.rows}")
+            if not np.array_equal(table.column("tokens").chunk(0).offsets.to_numpy(), self._offsets):
+                raise FormatError(path, "tokens", "its rows do not hold the same tokens as lengths")
+            self._tokens_table = table
+        return self._tokens_table
+
+    def _check_tokens(self) -> None:
+        """Every token on the grid, every run inside its clip, every label >= 0."""
+        g = self.geometry
+        positions = self.column("positions").astype(np.int64)
+        lengths = self.column("lengths").astype(np.int64)
+        where = self.folder / (ARROW_FILE if self.storage == "arrow" else "positions")
+        if len(positions):
+            low, high = positions.min(axis=0), positions.max(axis=0)
+            if (low < 0).any() or high[0] >= g.tubelets or high[1] >= g.rows or high[2] >= g.cols:
+                raise FormatError(
+                    where, "positions", f"a position lies outside the {g.tubelets}x{g.rows}x{g.cols} grid"
+                )
+            if lengths.min() < 1 or (positions[:, 0] + lengths).max() > g.tubelets:
+                raise FormatError(where, "lengths", f"a run length is below 1 or runs past tubelet {g.tubelets}")
+        labels = self.column("label")
+        if len(labels) and labels.min() < 0:
+            raise FormatError(where, "label", "a label is negative")
 
     def column(self, name: str) -> np.ndarray:
         """A whole per-row or per-token column, for reports that read metadata only."""
@@ -163,7 +246,7 @@ class ShardReader:
             if name == "num_tokens":
                 return np.diff(self._offsets).astype(np.int32)
             if name not in self._cache:
-                self._cache[name] = self._group[name][:]
+                self._cache[name] = (self._pixels() if name == "tokens" else self._arrays[name])[:]
             return self._cache[name]
         return self._arrow_values(name, 0, self.rows)
 
@@ -176,10 +259,10 @@ class ShardReader:
             elif name in ("positions", "lengths", "tokens"):
                 if self.storage == "arrow":
                     values[name] = self._arrow_values(name, row, row + 1)
-                elif self.preload:
+                elif self.preload or name in self._cache:
                     values[name] = self.column(name)[start:end]
                 else:
-                    values[name] = self._group[name][start:end]
+                    values[name] = (self._pixels() if name == "tokens" else self._arrays[name])[start:end]
             elif self.storage == "zarr":
                 values[name] = self.column(name)[row]
             else:
@@ -192,12 +275,8 @@ class ShardReader:
         return ClipRecord(**values)
 
     def _arrow_values(self, name: str, start: int, end: int) -> np.ndarray:
-        if name == "tokens":
-            if self._tokens_table is None:
-                self._tokens_table = _open_arrow(self.folder / ARROW_TOKENS_FILE)
-            column = self._tokens_table.column(name).chunk(0)
-        else:
-            column = self._table.column(name).chunk(0)
+        table = self._pixels() if name == "tokens" else self._table
+        column = table.column(name).chunk(0)
         if name in ("video",):
             return np.array(column.slice(start, end - start).to_pylist(), dtype=object)
         if name in ("label", "clip", "num_tokens"):
@@ -213,11 +292,19 @@ class ShardReader:
             )
         values = flat.slice(lo, hi - lo).to_numpy(zero_copy_only=False)
         if name in ("frame_indices", "padded"):
-            return values.reshape(end - start, -1)
+            g = self.geometry
+            return values.reshape(end - start, g.frames if name == "frame_indices" else g.tubelets)
         return values
 
 
-def _open_arrow(path: Path) -> Any:
+def _open_arrow(path: Path, schema: Any) -> Any:
+    """An Arrow IPC file, memory-mapped, as a table of one chunk per column (also with 0 rows)."""
     import pyarrow as pa
 
-    return pa.ipc.open_file(pa.memory_map(str(path))).read_all().combine_chunks()
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    if not table.schema.equals(schema):
+        raise FormatError(path, "schema", f"is\n{table.schema}\nthe format says\n{schema}")
+    if table.num_rows:
+        return table.combine_chunks()
+    # No record batch (0 rows) reads as columns of 0 chunks: give each one empty chunk.
+    return pa.Table.from_arrays([pa.array([], type=field.type) for field in schema], schema=schema)

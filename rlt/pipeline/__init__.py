@@ -14,7 +14,7 @@ from rlt.pipeline._decode import (
 )
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import Manifest, ManifestError, ManifestRow, read_manifest
-from rlt.pipeline._online import ClipBatch, OnlinePipeline, RLTConfig, VideoTokens, tokenize_clips, tokenize_video
+from rlt.pipeline._online import OnlinePipeline, RLTConfig, tokenize_clips, tokenize_video
 from rlt.pipeline._packed import PackedTokens
 from rlt.pipeline._probe import VideoInfo, probe
 from rlt.pipeline._rlt import IMAGENET_MEAN, IMAGENET_STD, run_length_tokenize, run_lengths
@@ -27,7 +27,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Backend",
-    "ClipBatch",
     "ClipIndices",
     "ClipSampling",
     "DecodedVideo",
@@ -40,7 +39,6 @@ __all__ = [
     "RLTConfig",
     "VideoDecodeError",
     "VideoInfo",
-    "VideoTokens",
     "check_backend",
     "concrete_device",
     "decode_ahead",

@@ -22,7 +22,7 @@ from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import ManifestRow, read_manifest
 from rlt.pipeline._packed import PackedTokens
 from rlt.pipeline._rlt import _COMPARE, _DROP_POLICY, _UNITS, Compare, DropPolicy, ThresholdUnits, run_length_tokenize
-from rlt.pipeline._sampling import ClipIndices, ClipSampling
+from rlt.pipeline._sampling import ClipSampling
 
 log = logging.getLogger(__name__)
 
@@ -71,50 +71,6 @@ _DEFAULT_SAMPLING = ClipSampling()
 _DEFAULT_RLT = RLTConfig()
 
 
-@dataclass(frozen=True, repr=False)
-class VideoTokens:
-    """A video's clips and their tokens.
-
-    Attributes:
-        video: the path as given.
-        clips: each clip's source frame indices and padding.
-        tokens: the clips' tokens, one clip per batch entry.
-        padded: bool ``[K, G]``: tubelets made only of padding frames.
-    """
-
-    video: str
-    clips: list[ClipIndices]
-    tokens: PackedTokens
-    padded: torch.Tensor
-
-    def __repr__(self) -> str:
-        return f"VideoTokens(video={self.video!r}, clips={len(self.clips)}, tokens={self.tokens!r})"
-
-
-@dataclass(frozen=True, repr=False)
-class ClipBatch:
-    """A batch of clips from the online pipeline.
-
-    Attributes:
-        tokens: the clips' tokens, packed.
-        labels: int64 ``[B]``.
-        videos: each clip's video, as the manifest gives it.
-        clip_ids: each clip's number within its video.
-        frame_indices: int64 ``[B, T]`` source frames of each clip.
-        padded: bool ``[B, G]``: tubelets made only of padding frames.
-    """
-
-    tokens: PackedTokens
-    labels: torch.Tensor
-    videos: list[str]
-    clip_ids: list[int]
-    frame_indices: torch.Tensor
-    padded: torch.Tensor
-
-    def __repr__(self) -> str:
-        return f"ClipBatch(clips={len(self.videos)}, tokens={self.tokens!r})"
-
-
 def tokenize_video(
     path: str | Path,
     *,
@@ -124,8 +80,9 @@ def tokenize_video(
     device: torch.device | str | None = None,
     epoch: int = 0,
     num_threads: int = 1,
-) -> VideoTokens:
-    """Decodes one video's clips and tokenizes them where the frames are.
+) -> PackedTokens:
+    """Decodes one video's clips and tokenizes them where the frames are: one batch of its clips,
+    with their ``frame_indices`` and ``padded`` tubelets (``labels`` 0, ``videos`` the path).
 
     Args:
         path: the video file.
@@ -144,23 +101,23 @@ def tokenize_video(
     )
     if isinstance(result, VideoDecodeError):
         raise result
-    batch = tokenize_clips([result], rlt)
-    return VideoTokens(video=str(path), clips=result.clips, tokens=batch.tokens, padded=batch.padded)
+    return tokenize_clips([result], rlt)
 
 
-def tokenize_clips(decoded: Sequence[DecodedVideo], rlt: RLTConfig) -> ClipBatch:
-    """One batch of every clip of ``decoded``, tokenized on the device the clips are on."""
+def tokenize_clips(decoded: Sequence[DecodedVideo], rlt: RLTConfig) -> PackedTokens:
+    """One batch of every clip of ``decoded``, tokenized on the device the clips are on, with what
+    each clip is (label, video, number, source frames, padding)."""
     clips = [c for item in decoded for c in item.clips]
     frames_BTHWC = torch.cat([item.frames() for item in decoded])
     if frames_BTHWC.shape[1] % rlt.tubelet_size:
         raise ValueError(f"num_frames={frames_BTHWC.shape[1]} is not a multiple of tubelet_size={rlt.tubelet_size}")
-    return ClipBatch(
-        tokens=rlt.tokenize(frames_BTHWC),
-        labels=torch.tensor([item.label for item in decoded for _ in item.clips], dtype=torch.int64),
+    device = frames_BTHWC.device
+    return rlt.tokenize(frames_BTHWC).with_clips(
+        labels=torch.tensor([item.label for item in decoded for _ in item.clips], dtype=torch.int64, device=device),
         videos=[item.video for item in decoded for _ in item.clips],
         clip_ids=[c.clip for c in clips],
-        frame_indices=torch.from_numpy(np.stack([c.frame_indices for c in clips])),
-        padded=torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in clips])),
+        frame_indices=torch.from_numpy(np.stack([c.frame_indices for c in clips])).to(device),
+        padded=torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in clips])).to(device),
     )
 
 
@@ -270,7 +227,7 @@ class OnlinePipeline:
             rows = [rows[i] for i in order]
         return rows[self.rank :: self.world_size]
 
-    def __iter__(self) -> Iterator[ClipBatch]:
+    def __iter__(self) -> Iterator[PackedTokens]:
         rows = self._rows()
         groups = [rows[i : i + self.videos_per_batch] for i in range(0, len(rows), self.videos_per_batch)]
         # A resumed pass skips its done groups once; the next pass starts from its first group.
@@ -295,7 +252,7 @@ class OnlinePipeline:
             labels=[row.label for row in group],
         )
 
-    def _tokenize(self, decoded: list[DecodedVideo | VideoDecodeError]) -> Iterator[ClipBatch]:
+    def _tokenize(self, decoded: list[DecodedVideo | VideoDecodeError]) -> Iterator[PackedTokens]:
         good = []
         for item in decoded:
             if isinstance(item, VideoDecodeError):

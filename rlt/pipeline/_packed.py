@@ -1,5 +1,8 @@
 """`PackedTokens`: the kept tokens of a batch of clips, packed without padding.
 
+The one batch type: the RLT stage makes it, the online pipeline adds the clips' labels and
+sampling, the shard writer stores it, the training loader reads it back, and the model takes it.
+
 Shape legend:
     B  clips in the batch            N  kept tokens over all clips
     G  tubelets per clip (T / ts)    D  values per token (ts * p * p * C)
@@ -8,8 +11,9 @@ Shape legend:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 
@@ -29,6 +33,14 @@ class PackedTokens:
         keep: bool ``[B, G, h, w]``: which tubelets were kept.
         tubelet_size: frames per tubelet (ts).
         patch_size: pixels per patch side (p).
+
+    What each clip is, where it is known (None from `run_length_tokenize` alone; set by the
+    pipeline, the loader and `with_clips`):
+        labels: int64 ``[B]``.
+        padded: bool ``[B, G]``: tubelets made only of padding frames (the video ended).
+        frame_indices: int64 ``[B, T]``: each clip's source frames.
+        videos: each clip's video, as the manifest gives it.
+        clip_ids: each clip's number within its video.
     """
 
     tokens: torch.Tensor
@@ -38,6 +50,11 @@ class PackedTokens:
     keep: torch.Tensor
     tubelet_size: int
     patch_size: int
+    labels: torch.Tensor | None = None
+    padded: torch.Tensor | None = None
+    frame_indices: torch.Tensor | None = None
+    videos: tuple[str, ...] | None = None
+    clip_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.tokens.shape[0]
@@ -60,6 +77,44 @@ class PackedTokens:
                 f"token width {d} is not a multiple of tubelet_size * patch_size**2 "
                 f"= {self.tubelet_size} * {self.patch_size}**2"
             )
+        g = self.keep.shape[1]
+        for name, shape, dtype in (
+            ("labels", (b,), torch.int64),
+            ("padded", (b, g), torch.bool),
+            ("frame_indices", (b, g * self.tubelet_size), torch.int64),
+        ):
+            value = getattr(self, name)
+            if value is not None and (value.dtype != dtype or tuple(value.shape) != shape):
+                raise ValueError(f"{name} must be {dtype} {list(shape)}, got {value.dtype} {_shape(value)}")
+        for name in ("videos", "clip_ids"):
+            value = getattr(self, name)
+            if value is not None and len(value) != b:
+                raise ValueError(f"{name} must have one entry per clip ({b}), got {len(value)}")
+
+    def with_clips(
+        self,
+        *,
+        labels: torch.Tensor | Sequence[int],
+        videos: Sequence[str],
+        clip_ids: Sequence[int],
+        frame_indices: torch.Tensor,
+        padded: torch.Tensor,
+    ) -> PackedTokens:
+        """These tokens, with what each clip is (see the class docstring)."""
+        return replace(
+            self,
+            labels=torch.as_tensor(labels, dtype=torch.int64),
+            videos=tuple(videos),
+            clip_ids=tuple(int(c) for c in clip_ids),
+            frame_indices=frame_indices.to(torch.int64),
+            padded=padded.to(torch.bool),
+        )
+
+    def require_labels(self) -> torch.Tensor:
+        """``labels``, or a ValueError for a batch that has none (one from `run_length_tokenize` alone)."""
+        if self.labels is None:
+            raise ValueError("this batch has no labels: give the clips' labels with `with_clips`")
+        return self.labels
 
     @property
     def num_clips(self) -> int:
@@ -88,15 +143,37 @@ class PackedTokens:
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> PackedTokens:
         """A copy with every tensor on ``device``."""
-        return PackedTokens(
-            tokens=self.tokens.to(device, non_blocking=non_blocking),
-            positions=self.positions.to(device, non_blocking=non_blocking),
-            lengths=self.lengths.to(device, non_blocking=non_blocking),
-            cu_seqlens=self.cu_seqlens.to(device, non_blocking=non_blocking),
-            keep=self.keep.to(device, non_blocking=non_blocking),
-            tubelet_size=self.tubelet_size,
-            patch_size=self.patch_size,
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> PackedTokens:
+        """Page-locked copies, for non-blocking host-to-device copies (a DataLoader calls this)."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn: Any) -> PackedTokens:
+        tensors = ("tokens", "positions", "lengths", "cu_seqlens", "keep", "labels", "padded", "frame_indices")
+        return replace(self, **{name: fn(v) for name in tensors if (v := getattr(self, name)) is not None})
+
+    @classmethod
+    def concat(cls, batches: Sequence[PackedTokens]) -> PackedTokens:
+        """The clips of ``batches``, in order, as one batch (of the same tubelet and patch size)."""
+        if not batches:
+            raise ValueError("concat needs at least one batch")
+        first = batches[0]
+        if any((b.tubelet_size, b.patch_size) != (first.tubelet_size, first.patch_size) for b in batches):
+            raise ValueError("concat takes batches of one tubelet_size and patch_size")
+        cu_seqlens = [first.cu_seqlens]
+        offset = first.cu_seqlens[-1]
+        for b in batches[1:]:
+            cu_seqlens.append(b.cu_seqlens[1:] + offset)
+            offset = offset + b.cu_seqlens[-1]
+        values: dict[str, Any] = {"cu_seqlens": torch.cat(cu_seqlens)}
+        for name in ("tokens", "positions", "lengths", "keep", "labels", "padded", "frame_indices"):
+            parts = [getattr(b, name) for b in batches]
+            values[name] = torch.cat(parts) if all(p is not None for p in parts) else None
+        for name in ("videos", "clip_ids"):
+            lists = [getattr(b, name) for b in batches]
+            values[name] = tuple(v for part in lists for v in part) if all(p is not None for p in lists) else None
+        return cls(tubelet_size=first.tubelet_size, patch_size=first.patch_size, **values)
 
     def clip(self, index: int) -> PackedTokens:
         """The tokens of clip ``index`` alone, as a batch of one."""
@@ -104,14 +181,19 @@ class PackedTokens:
             raise IndexError(f"clip {index} out of range for {self.num_clips} clips")
         index %= self.num_clips
         start, end = int(self.cu_seqlens[index]), int(self.cu_seqlens[index + 1])
-        return PackedTokens(
+        one = slice(index, index + 1)
+        return replace(
+            self,
             tokens=self.tokens[start:end],
             positions=self.positions[start:end],
             lengths=self.lengths[start:end],
             cu_seqlens=torch.tensor([0, end - start], dtype=torch.int32, device=self.cu_seqlens.device),
-            keep=self.keep[index : index + 1],
-            tubelet_size=self.tubelet_size,
-            patch_size=self.patch_size,
+            keep=self.keep[one],
+            labels=None if self.labels is None else self.labels[one],
+            padded=None if self.padded is None else self.padded[one],
+            frame_indices=None if self.frame_indices is None else self.frame_indices[one],
+            videos=None if self.videos is None else self.videos[one],
+            clip_ids=None if self.clip_ids is None else self.clip_ids[one],
         )
 
     def unpack(self, *, fill: Literal["zeros", "repeat"] = "repeat") -> torch.Tensor:

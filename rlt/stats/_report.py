@@ -74,7 +74,7 @@ def dataset_stats(root: str | Path, *, by: str | None = "label") -> dict[str, An
 
     per_class: dict[str, dict[str, float]] = {}
     if by == "label" and clips:
-        classes = index.get("classes")
+        classes = index.classes
         groups: dict[int, list[int]] = defaultdict(list)
         for i, label in enumerate(labels_c.tolist()):
             groups[label].append(i)
@@ -84,7 +84,7 @@ def dataset_stats(root: str | Path, *, by: str | None = "label") -> dict[str, An
             per_class[name] = {"clips": len(rows), "kept": kept, "dense": dense_per_clip * len(rows),
                                "kept_ratio": kept / (dense_per_clip * len(rows))}  # fmt: skip
 
-    totals = index["totals"]
+    totals = index.totals
     dense_clip_bytes = sampling["num_frames"] * sampling["crop"] ** 2 * 3
     flops_dense = vit_flops(np.full(clips, dense_per_clip))
     flops_rlt = vit_flops(counts_c)
@@ -92,8 +92,8 @@ def dataset_stats(root: str | Path, *, by: str | None = "label") -> dict[str, An
         "schema": SCHEMA_VERSION,
         "dataset": str(dataset.root),
         "config": config,
-        "videos": int(totals["videos"]),
-        "failed": int(totals["failed"]),
+        "videos": totals.videos,
+        "failed": totals.failed,
         "videos_with_clips": len({v for part in videos for v in part.tolist()}),
         "clips": clips,
         "tokens": {
@@ -119,10 +119,10 @@ def dataset_stats(root: str | Path, *, by: str | None = "label") -> dict[str, An
             float(kept_per_t[t] / (real_per_t[t] * grid)) if real_per_t[t] else 0.0 for t in range(g)
         ],
         "disk": {
-            "bytes": int(totals["bytes"]),
-            "bytes_per_clip": totals["bytes"] / clips if clips else 0.0,
+            "bytes": totals.bytes,
+            "bytes_per_clip": totals.bytes / clips if clips else 0.0,
             "dense_bytes_per_clip": dense_clip_bytes,
-            "compression": dense_clip_bytes * clips / totals["bytes"] if totals["bytes"] else 0.0,
+            "compression": dense_clip_bytes * clips / totals.bytes if totals.bytes else 0.0,
         },
         "compute": {
             "model": "ViT-B (d=768, 12 layers)",

@@ -38,7 +38,9 @@ def threshold_sweep(
         except VideoDecodeError as e:
             failed.append({"video": rows[i].video, "reason": e.reason})
             continue
-        clips.append((result.tokens.unpack(fill="zeros"), result.padded))
+        if result.padded is None:  # tokenize_video says what each clip is
+            raise RuntimeError(f"tokenize_video gave no padding for {rows[i].video}")
+        clips.append((result.unpack(fill="zeros"), result.padded))
     if not clips:
         raise ValueError(f"none of the {len(chosen)} sampled videos of {manifest} could be decoded")
 

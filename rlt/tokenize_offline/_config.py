@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rlt._checks import check_choice
-from rlt.dataset import STORAGES, Storage
+from rlt.dataset import STORAGES, Geometry, Storage
 from rlt.pipeline import Backend, ClipSampling, RLTConfig, check_backend
 
 
@@ -45,15 +45,17 @@ class TokenizeConfig:
             raise ValueError(
                 f"num_frames={self.sampling.num_frames} is not a multiple of tubelet_size={self.rlt.tubelet_size}"
             )
+        self.geometry  # noqa: B018 (refuses grids the format cannot store)
 
     @property
-    def token_dim(self) -> int:
-        return self.rlt.tubelet_size * self.rlt.patch_size**2 * 3
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """(T, G): frames and tubelets per clip."""
-        return self.sampling.num_frames, self.sampling.num_frames // self.rlt.tubelet_size
+    def geometry(self) -> Geometry:
+        """The shape of every clip: frames, tubelets, patch grid, values per token."""
+        return Geometry.of(
+            num_frames=self.sampling.num_frames,
+            crop=self.sampling.crop or 0,
+            tubelet_size=self.rlt.tubelet_size,
+            patch_size=self.rlt.patch_size,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,16 +20,28 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from rlt.dataset import FORMAT, FORMAT_VERSION, INDEX, SHARDS, open_atomic, read_index, write_json_atomic
+from rlt.dataset import (
+    INDEX,
+    PLAN,
+    SHARDS,
+    DatasetIndex,
+    ShardMeta,
+    open_atomic,
+    read_index,
+    read_plan,
+    read_shard_meta,
+    shard_folder,
+    write_index,
+    write_json_atomic,
+)
 from rlt.pipeline import read_manifest
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._executor import RAY_AFTER, Executor
 from rlt.tokenize_offline._lock import lock_output
-from rlt.tokenize_offline._shard import ShardSpec, read_meta, shard_folder
+from rlt.tokenize_offline._shard import ShardSpec
 
 log = logging.getLogger(__name__)
 
-PLAN = "plan.json"
 TASKS_PER_WORKER = 4
 ERRORS = "errors.jsonl"
 
@@ -170,7 +182,7 @@ def _run_job(
             counts = Progress(0, total_videos, 0, 0, 0, 0)
             for s in specs:
                 if s not in pending:
-                    _add(counts, read_meta(shard_folder(out, s.name)))
+                    _add(counts, read_shard_meta(shard_folder(out, s.name)))
             if on_progress:
                 on_progress(counts)
             for result in executor.run(out, pending):
@@ -182,16 +194,15 @@ def _run_job(
                     on_progress(counts)
             _write_index(out, plan, specs, config)
             _remove_leftovers(out)
-    index = read_index(out)
-    totals = index["totals"]
+    totals = read_index(out).totals
     return JobSummary(
         out=out,
-        videos=totals["videos"],
-        failed=totals["failed"],
-        clips=totals["clips"],
-        tokens=totals["tokens"],
-        dense_tokens=totals["dense_tokens"],
-        bytes=totals["bytes"],
+        videos=totals.videos,
+        failed=totals.failed,
+        clips=totals.clips,
+        tokens=totals.tokens,
+        dense_tokens=totals.dense_tokens,
+        bytes=totals.bytes,
         shards=len(specs),
         shards_written=written,
         seconds=time.perf_counter() - started,
@@ -200,12 +211,12 @@ def _run_job(
     )
 
 
-def _add(counts: Progress, meta: dict[str, Any]) -> None:
-    counts.videos_done += meta["videos"]
-    counts.clips += meta["rows"]
-    counts.tokens += meta["tokens"]
-    counts.dense_tokens += meta["dense_tokens"]
-    counts.failed += meta["failed"]
+def _add(counts: Progress, meta: ShardMeta) -> None:
+    counts.videos_done += meta.videos
+    counts.clips += meta.rows
+    counts.tokens += meta.tokens
+    counts.dense_tokens += meta.dense_tokens
+    counts.failed += meta.failed
 
 
 def _extend_plan(
@@ -215,8 +226,8 @@ def _extend_plan(
     videos, under --retry-failed) taken as the manifest has them now."""
     path = out / PLAN
     wanted = config.to_dict()
-    if path.is_file():
-        plan = json.loads(path.read_text())
+    plan = read_plan(out)
+    if plan is not None:
         if plan["config"] != wanted:
             raise ConfigMismatchError(
                 f"{out} holds a dataset made with another configuration:\n{_diff(plan['config'], wanted)}\n"
@@ -260,7 +271,7 @@ def _extend_plan(
 def _failed_videos(out: Path) -> set[str]:
     """The videos that failed in the committed shards (as ``errors.jsonl`` lists them)."""
     folders = (out / SHARDS).glob("shard-*")  # committed ones: attempts are named .tmp-*
-    return {e["video"] for folder in folders if folder.is_dir() for e in read_meta(folder)["errors"]}
+    return {e.video for folder in folders if folder.is_dir() for e in read_shard_meta(folder).errors}
 
 
 def _identity(path: str) -> list[int]:
@@ -377,33 +388,15 @@ def _remove_leftovers(out: Path) -> None:
 
 
 def _write_index(out: Path, plan: dict[str, Any], specs: list[ShardSpec], config: TokenizeConfig) -> None:
-    metas = [read_meta(shard_folder(out, s.name)) for s in specs]
-    errors = [{"video": e["video"], "reason": e["reason"], "shard": m["name"]} for m in metas for e in m["errors"]]
+    metas = [read_shard_meta(shard_folder(out, s.name)) for s in specs]
     with open_atomic(out / ERRORS) as f:
-        for error in errors:
-            f.write(json.dumps(error) + "\n")
-    index = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "storage": config.storage,
-        "config": plan["config"],
-        "classes": plan["classes"],
-        "versions": _versions(),
-        "decoders": sorted({m["decoder"] for m in metas}),
-        "totals": {
-            "videos": sum(m["videos"] for m in metas),
-            "failed": sum(m["failed"] for m in metas),
-            "clips": sum(m["rows"] for m in metas),
-            "tokens": sum(m["tokens"] for m in metas),
-            "dense_tokens": sum(m["dense_tokens"] for m in metas),
-            "bytes": sum(m["bytes"] for m in metas),
-        },
-        "shards": [
-            {k: m[k] for k in ("name", "rows", "tokens", "dense_tokens", "videos", "failed", "bytes", "checksum")}
-            for m in metas
-        ],
-    }
-    write_json_atomic(out / INDEX, index)
+        for m in metas:
+            for e in m.errors:
+                f.write(json.dumps({"video": e.video, "reason": e.reason, "shard": m.name}) + "\n")
+    index = DatasetIndex.of(
+        metas, storage=config.storage, config=plan["config"], classes=plan["classes"], versions=_versions()
+    )
+    write_index(out, index)
 
 
 def _versions() -> dict[str, str]:

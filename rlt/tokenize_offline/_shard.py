@@ -1,34 +1,19 @@
-"""One shard: decode and tokenize its videos, write the rows, commit the folder atomically.
+"""One shard: decode and tokenize its videos, and commit them with the dataset's `ShardWriter`.
 
-Runs inside a Ray task, or in-process. A shard folder that exists is complete: it is written under a
-temporary name and renamed into place only after every file is on disk. Running the same shard
-twice (a Ray retry after the rename) leaves the first copy untouched.
+Runs inside a Ray task, or in-process. Running the same shard twice (a Ray retry after the commit)
+leaves the first copy untouched.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlt.dataset import (
-    META,
-    SHARDS,
-    ClipRecord,
-    checksum,
-    expected_files,
-    file_list,
-    fsync_tree,
-    write_json_atomic,
-    write_rows,
-)
+from rlt.dataset import ShardWriter, read_shard_meta, shard_folder
 from rlt.pipeline import (
     DecodedVideo,
     VideoDecodeError,
@@ -49,12 +34,8 @@ class ShardSpec:
     videos: tuple[tuple[str, str, int], ...]
 
 
-def shard_folder(out: Path, name: str) -> Path:
-    return out / SHARDS / name
-
-
 def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, videos_per_batch: int = 8) -> dict[str, Any]:
-    """Writes shard ``spec`` under ``out`` unless it is already there; returns its meta and timing.
+    """Writes shard ``spec`` under ``out`` unless it is already there; returns its `ShardMeta` and timing.
 
     The shard's videos are decoded ``videos_per_batch`` at a time (one DALI batch), the next group
     decoding while this one is tokenized.
@@ -62,16 +43,14 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, video
     out = Path(out)
     final = shard_folder(out, spec.name)
     if final.is_dir():
-        return {"meta": read_meta(final), "seconds": 0.0, "work_seconds": 0.0, "skipped": True}
+        return {"meta": read_shard_meta(final), "seconds": 0.0, "work_seconds": 0.0, "skipped": True}
     started = time.perf_counter()
     chain = resolve_backend(config.backend)
     # The GPU tokenizes wherever one is there, whichever decoder fed it.
     device = concrete_device("cuda" if torch.cuda.is_available() else "cpu")
     videos = spec.videos
     groups = [videos[i : i + videos_per_batch] for i in range(0, len(videos), videos_per_batch)]
-    rows: list[ClipRecord] = []
-    errors = []
-    dense = 0
+    writer = ShardWriter(out, spec.name, storage=config.storage, geometry=config.geometry)
 
     def decode(group: tuple[tuple[str, str, int], ...]) -> list[DecodedVideo | VideoDecodeError]:
         return decode_clips(
@@ -89,73 +68,19 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, video
         good = []
         for item in decoded:
             if isinstance(item, VideoDecodeError):
-                errors.append({"video": item.path, "reason": item.reason})
+                writer.fail(item.path, item.reason)
             else:
                 good.append(item)
         # "random" draws its drops over a whole batch: one video at a time keeps a clip's draw
         # independent of which videos share its batch.
         batches = [[item] for item in good] if config.rlt.drop_policy == "random" else [good] if good else []
-        for batch in (tokenize_clips(b, config.rlt) for b in batches):
-            packed = batch.tokens.to("cpu")
-            dense += packed.dense_tokens
-            for k in range(packed.num_clips):
-                one = packed.clip(k)
-                rows.append(
-                    ClipRecord(
-                        video=batch.videos[k],
-                        label=int(batch.labels[k]),
-                        clip=batch.clip_ids[k],
-                        frame_indices=batch.frame_indices[k].numpy(),
-                        padded=batch.padded[k].numpy(),
-                        num_tokens=one.num_tokens,
-                        positions=one.positions.numpy(),
-                        lengths=one.lengths.numpy(),
-                        tokens=one.tokens.numpy(),
-                    )
-                )
+        for batch in batches:
+            writer.add(tokenize_clips(batch, config.rlt))
     work_seconds = time.perf_counter() - started  # decoding and RLT; the rest is writing and committing
-    tmp = out / SHARDS / f".tmp-{spec.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        write_rows(tmp, rows, storage=config.storage, token_dim=config.token_dim, grid=config.grid)
-        files = file_list(tmp)
-        missing = expected_files(config.storage) - {f["path"] for f in files}
-        if missing:
-            # Someone removed files while we wrote; committing would publish a broken shard.
-            raise RuntimeError(f"{tmp} lost {sorted(missing)} while being written")
-        meta = {
-            "name": spec.name,
-            "rows": len(rows),
-            "tokens": int(sum(r.num_tokens or 0 for r in rows)),
-            "dense_tokens": dense,
-            "videos": len(spec.videos),
-            "failed": len(errors),
-            "errors": errors,
-            "decoder": ",".join(chain),
-            "files": files,
-            "bytes": sum(f["bytes"] for f in files),
-            "checksum": checksum(files),
-        }
-        write_json_atomic(tmp / META, meta)
-        fsync_tree(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            # Another attempt of this shard committed first; its bytes are the same as ours.
-            shutil.rmtree(tmp)
-            return {
-                "meta": read_meta(final),
-                "seconds": time.perf_counter() - started,
-                "work_seconds": work_seconds,
-                "skipped": True,
-            }
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"meta": meta, "seconds": time.perf_counter() - started, "work_seconds": work_seconds, "skipped": False}
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / META).read_text())
+    meta, committed = writer.commit(videos=len(videos), decoder=",".join(chain))
+    return {
+        "meta": meta,
+        "seconds": time.perf_counter() - started,
+        "work_seconds": work_seconds,
+        "skipped": not committed,
+    }

@@ -2,7 +2,7 @@
 
 from rlt.train._checkpoint import find_checkpoint, load_checkpoint
 from rlt.train._eval import EvalResult, evaluate, load_model
-from rlt.train._loader import STATE_VERSION, TokenBatch, TokenLoader, TokenStream
+from rlt.train._loader import STATE_VERSION, TokenLoader, TokenStream
 from rlt.train._loop import TrainConfig, TrainSummary, train
 from rlt.train._model import (
     PRESETS,
@@ -23,7 +23,6 @@ __all__ = [
     "PRESETS",
     "STATE_VERSION",
     "EvalResult",
-    "TokenBatch",
     "TokenLoader",
     "TokenStream",
     "TrainConfig",

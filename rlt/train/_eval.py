@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from rlt.pipeline import Backend, OnlinePipeline, VideoDecodeError
+from rlt.pipeline import Backend, OnlinePipeline, PackedTokens, VideoDecodeError
 from rlt.train._checkpoint import load_checkpoint
-from rlt.train._loader import TokenBatch, TokenLoader, TokenStream
+from rlt.train._loader import TokenLoader, TokenStream
 from rlt.train._model import VideoViT, ViTConfig
-from rlt.train._sources import DataSpec, dataset_spec, to_token_batch
+from rlt.train._sources import DataSpec, dataset_spec
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,14 @@ def evaluate(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     data = Path(data)
     errors: list[VideoDecodeError] = []
-    batches: Iterable[TokenBatch]
+    batches: Iterable[PackedTokens]
     if data.is_dir():  # a dataset; read_index names what is wrong with an unfinished one
         _check_geometry(dataset_spec(data), spec, data)
         batches = TokenLoader(TokenStream(data, max_tokens=max_tokens, shuffle=False, rank=0, world_size=1))
     else:
         sampling = replace(spec.sampling, mode="eval", clips_per_video=clips_per_video or spec.sampling.clips_per_video)
         pipeline = OnlinePipeline(data, sampling=sampling, rlt=spec.rlt, backend=backend, device=device)
-        batches = (to_token_batch(b) for b in pipeline)
+        batches = pipeline
         errors = pipeline.errors  # filled as the pipeline runs
 
     probs: dict[str, torch.Tensor] = {}
@@ -87,9 +87,10 @@ def evaluate(
         with autocast:
             logits = model(batch.tokens, batch.positions, batch.lengths, batch.cu_seqlens)
         p = logits.float().softmax(1).cpu()
-        clip_correct += int((p.argmax(1) == batch.labels.cpu()).sum())
+        truth_B = batch.require_labels().cpu()
+        clip_correct += int((p.argmax(1) == truth_B).sum())
         clips += batch.num_clips
-        for video, label, row in zip(batch.videos, batch.labels.tolist(), p, strict=True):
+        for video, label, row in zip(batch.videos or (), truth_B.tolist(), p, strict=True):
             probs[video] = probs[video] + row if video in probs else row.clone()
             labels[video] = label
     if not probs:

@@ -7,6 +7,10 @@ being the batch it starts or resumes at), and the DataLoader
 takes batches from its workers in turn, so the sequence of batches is the same whatever the number
 of workers, and resuming is skipping the batches already consumed.
 
+Batches are `PackedTokens`, the pipeline's batch type. Inside a DataLoader worker they are built in
+shared memory, so handing them to the training process copies nothing. A worker's corrupt shards and
+skipped clips travel with its batches, so that the training process counts them and raises.
+
 Shape legend: N tokens in a batch, D values per token, B clips in a batch, G tubelets per clip.
 """
 
@@ -25,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rlt._checks import check_choice
-from rlt.dataset import CorruptShardError, TokenDataset
+from rlt.dataset import ClipRecord, CorruptShardError, TokenDataset
+from rlt.pipeline import PackedTokens
 
 log = logging.getLogger(__name__)
 
@@ -33,62 +38,24 @@ STATE_VERSION = 1
 OnError = Literal["raise", "skip"]
 
 
-@dataclass(frozen=True, repr=False)
-class TokenBatch:
-    """Clips packed back to back without padding.
+@dataclass
+class _Item:
+    """What a worker hands the training process per planned batch: the batch (None when every
+    clip was skipped), and the shards it found corrupt (skipped, or the error to raise)."""
 
-    Attributes:
-        tokens: uint8 ``[N, D]`` raw tubelet pixels (normalise on the device).
-        positions: int64 ``[N, 3]`` tubelet index, patch row, patch column.
-        lengths: int64 ``[N]`` run lengths in tubelets.
-        cu_seqlens: int32 ``[B+1]``: clip b owns rows ``cu_seqlens[b]:cu_seqlens[b+1]``.
-        labels: int64 ``[B]``.
-        padded: bool ``[B, G]``: tubelets made only of padding frames.
-        videos: each clip's video; clip_ids: each clip's number within its video.
-    """
+    batch: PackedTokens | None
+    skipped_shards: list[str] = field(default_factory=list)
+    skipped_clips: int = 0
+    error: CorruptShardError | None = None
 
-    tokens: torch.Tensor
-    positions: torch.Tensor
-    lengths: torch.Tensor
-    cu_seqlens: torch.Tensor
-    labels: torch.Tensor
-    padded: torch.Tensor
-    videos: list[str] = field(default_factory=list)
-    clip_ids: list[int] = field(default_factory=list)
-
-    @property
-    def num_clips(self) -> int:
-        return self.labels.shape[0]
-
-    @property
-    def num_tokens(self) -> int:
-        return self.tokens.shape[0]
-
-    def pin_memory(self) -> TokenBatch:
-        """Page-locked copies, for non-blocking host-to-device copies (DataLoader calls this)."""
-        return self._map(lambda t: t.pin_memory())
-
-    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> TokenBatch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def _map(self, fn: Any) -> TokenBatch:
-        return TokenBatch(
-            tokens=fn(self.tokens),
-            positions=fn(self.positions),
-            lengths=fn(self.lengths),
-            cu_seqlens=fn(self.cu_seqlens),
-            labels=fn(self.labels),
-            padded=fn(self.padded),
-            videos=self.videos,
-            clip_ids=self.clip_ids,
-        )
-
-    def __repr__(self) -> str:
-        return f"TokenBatch(clips={self.num_clips}, tokens={list(self.tokens.shape)}, device={self.tokens.device})"
+    def pin_memory(self) -> _Item:
+        """The DataLoader's pinning thread calls this."""
+        batch = self.batch.pin_memory() if self.batch is not None else None
+        return _Item(batch, self.skipped_shards, self.skipped_clips, self.error)
 
 
 class TokenStream(IterableDataset):
-    """An `IterableDataset` of `TokenBatch` over a dataset written by `rlt-prep tokenize`.
+    """An `IterableDataset` of `PackedTokens` batches over a dataset written by `rlt-prep tokenize`.
 
     Args:
         root: the dataset folder.
@@ -98,6 +65,9 @@ class TokenStream(IterableDataset):
         shuffle_buffer: clips in the shuffle buffer.
         rank, world_size: this process's share; by default from torch.distributed, else 0 and 1.
         on_error: what a corrupt shard does: ``"raise"``, or ``"skip"`` its clips and count it.
+        drop_last: give every rank the same number of batches, the fewest any rank has, dropping the
+            rest of the epoch; loops that step all ranks together (DDP, Lightning, Accelerate) hang
+            when one rank runs out first.
     """
 
     def __init__(
@@ -111,6 +81,7 @@ class TokenStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         on_error: OnError = "raise",
+        drop_last: bool = False,
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -119,15 +90,19 @@ class TokenStream(IterableDataset):
             raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
         self.root = Path(root)
         self.max_tokens, self.shuffle, self.seed, self.shuffle_buffer = max_tokens, shuffle, seed, shuffle_buffer
-        self.on_error = on_error
+        self.on_error, self.drop_last = on_error, drop_last
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         self.epoch = 0
         self.start_batch = 0  # batches of this epoch already consumed (set by load_state_dict)
-        # Counted in this process; DataLoader workers log theirs.
+        # Counted in the process that iterates (`TokenLoader` gathers its workers' counts).
         self.skipped_shards: list[str] = []
         self.skipped_clips = 0
         # Metadata only: token counts per clip, read from the index's shards without hashing pixels.
         dataset = TokenDataset(self.root, columns=["num_tokens"], verify=False)
+        g = dataset.geometry
+        rlt = dataset.config["rlt"]
+        self.grid = (g.tubelets, g.rows, g.cols)
+        self.tubelet_size, self.patch_size = int(rlt["tubelet_size"]), int(rlt["patch_size"])
         self._shard_rows = [s.rows for s in dataset.shards]
         self._counts = []
         self._bad: set[int] = set()
@@ -155,8 +130,14 @@ class TokenStream(IterableDataset):
             starts = np.cumsum([0, *self._shard_rows])
             shard_of = np.searchsorted(starts, order, side="right") - 1
             order = order[~np.isin(shard_of, list(self._bad))]
-        order = order[self.rank :: self.world_size]
         counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
+        batches = self._pack(order[self.rank :: self.world_size], counts)
+        if self.drop_last and self.world_size > 1:
+            fewest = min(len(self._pack(order[r :: self.world_size], counts)) for r in range(self.world_size))
+            batches = batches[:fewest]
+        return batches
+
+    def _pack(self, order: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
         batches: list[np.ndarray] = []
         current: list[int] = []
         used = 0
@@ -202,24 +183,35 @@ class TokenStream(IterableDataset):
         out[emitted:] = buffer
         return out
 
-    def __iter__(self) -> Iterator[TokenBatch]:
+    def __iter__(self) -> Iterator[PackedTokens]:
+        for item in self._items():
+            self.skipped_shards += item.skipped_shards
+            self.skipped_clips += item.skipped_clips
+            if item.error is not None:
+                raise item.error
+            if item.batch is not None:
+                yield item.batch
+
+    def _items(self) -> Iterator[_Item]:
+        """One `_Item` per batch of the plan this process makes (all of them, or a worker's share)."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        dataset = TokenDataset(self.root, verify=True, preload=True)
+        dataset = TokenDataset(self.root, verify=True)
         starts = np.cumsum([0, *self._shard_rows])
         bad = set(self._bad)
-        # Shards held in memory: enough for the shuffle buffer's span, least recently used dropped.
+        # Shards held open: enough for the shuffle buffer's span, least recently used dropped.
         capacity = 2 + math.ceil(self.shuffle_buffer / max(min(self._shard_rows, default=1), 1))
         recent: OrderedDict[int, None] = OrderedDict()
         for i, clips in enumerate(self.plan()):
             # Counted from the resume point: the DataLoader asks worker 0 first, every time.
             if i < self.start_batch or (i - self.start_batch) % workers != worker:
                 continue
+            item = _Item(None)
             records = []
             for clip in clips.tolist():
                 shard = int(np.searchsorted(starts, clip, side="right") - 1)
                 if shard in bad:
-                    self.skipped_clips += 1
+                    item.skipped_clips += 1
                     continue
                 recent[shard] = None
                 recent.move_to_end(shard)
@@ -229,29 +221,65 @@ class TokenStream(IterableDataset):
                     records.append(dataset.shard(shard).read(clip - int(starts[shard]), dataset.columns))
                 except CorruptShardError as e:
                     if self.on_error == "raise":
-                        raise
+                        item.error = e
+                        break
                     log.warning("skipping corrupt shard %s", e)
                     bad.add(shard)
-                    self.skipped_shards.append(e.shard)
-                    self.skipped_clips += 1
-            if records:
-                yield _collate(records)
+                    item.skipped_shards.append(e.shard)
+                    item.skipped_clips += 1
+            if records and item.error is None:
+                item.batch = self._collate(records, shared=info is not None)
+            yield item
+            if item.error is not None:
+                return
+
+    def _collate(self, rows: list[ClipRecord], *, shared: bool) -> PackedTokens:
+        """The clips of ``rows`` packed into one batch; in shared memory for a worker to hand over."""
+        records: list[Any] = rows  # read with every field
+        counts = np.array([r.num_tokens for r in records], dtype=np.int64)
+        n, b = int(counts.sum()), len(records)
+
+        def filled(parts: list[Any], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            out = torch.empty(shape, dtype=dtype)
+            if shared:
+                out.share_memory_()
+            if parts and out.numel():
+                np.concatenate(parts, out=out.numpy())
+            return out
+
+        tokens = filled([r.tokens for r in records], (n, records[0].tokens.shape[1]), torch.uint8)
+        positions = filled([r.positions for r in records], (n, 3), torch.int64)
+        lengths = filled([r.lengths for r in records], (n,), torch.int64)
+        cu_seqlens = torch.zeros(b + 1, dtype=torch.int32)
+        cu_seqlens[1:] = torch.from_numpy(np.cumsum(counts))
+        keep = np.zeros((b, *self.grid), dtype=np.bool_)
+        clip_N = np.repeat(np.arange(b), counts)
+        p = positions.numpy()
+        keep[clip_N, p[:, 0], p[:, 1], p[:, 2]] = True
+        return PackedTokens(
+            tokens=tokens,
+            positions=positions,
+            lengths=lengths,
+            cu_seqlens=cu_seqlens,
+            keep=torch.from_numpy(keep),
+            tubelet_size=self.tubelet_size,
+            patch_size=self.patch_size,
+            labels=torch.tensor([r.label for r in records], dtype=torch.int64),
+            padded=torch.from_numpy(np.stack([r.padded for r in records]).astype(np.bool_)),
+            frame_indices=torch.from_numpy(np.stack([r.frame_indices for r in records]).astype(np.int64)),
+            videos=tuple(str(r.video) for r in records),
+            clip_ids=tuple(int(r.clip or 0) for r in records),
+        )
 
 
-def _collate(records: list[Any]) -> TokenBatch:
-    counts = [r.num_tokens for r in records]
-    cu_seqlens = torch.zeros(len(records) + 1, dtype=torch.int32)
-    cu_seqlens[1:] = torch.tensor(np.cumsum(counts), dtype=torch.int32)
-    return TokenBatch(
-        tokens=torch.from_numpy(np.concatenate([r.tokens for r in records])),
-        positions=torch.from_numpy(np.concatenate([r.positions for r in records]).astype(np.int64)),
-        lengths=torch.from_numpy(np.concatenate([r.lengths for r in records]).astype(np.int64)),
-        cu_seqlens=cu_seqlens,
-        labels=torch.tensor([r.label for r in records], dtype=torch.int64),
-        padded=torch.from_numpy(np.stack([r.padded for r in records])),
-        videos=[r.video for r in records],
-        clip_ids=[r.clip for r in records],
-    )
+class _Items(IterableDataset):
+    """A stream's `_Item`s, for `TokenLoader`: what a worker found travels with its batches."""
+
+    def __init__(self, stream: TokenStream) -> None:
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[_Item]:
+        return self.stream._items()
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -298,19 +326,24 @@ class TokenLoader:
         self.stream.set_epoch(epoch)
         self._consumed = 0
 
-    def __iter__(self) -> Iterator[TokenBatch]:
+    def __iter__(self) -> Iterator[PackedTokens]:
         self._consumed = self.stream.start_batch
         loader = DataLoader(
-            self.stream,
+            _Items(self.stream),
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=False,
             multiprocessing_context="spawn" if self.num_workers and torch.cuda.is_available() else None,
         )
-        for batch in loader:
+        for item in loader:
+            self.stream.skipped_shards += item.skipped_shards
+            self.stream.skipped_clips += item.skipped_clips
+            if item.error is not None:
+                raise item.error
             self._consumed += 1
-            yield batch
+            if item.batch is not None:
+                yield item.batch
         # The epoch is done: the next iteration starts the next epoch from its first batch.
         self.stream.set_epoch(self.stream.epoch + 1)
         self._consumed = 0

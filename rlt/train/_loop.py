@@ -313,10 +313,10 @@ def train(
                 with ddp.no_sync() if ddp is not None and not ends_step else nullcontext():
                     with autocast:
                         logits = forward(batch.tokens, batch.positions, batch.lengths, batch.cu_seqlens)
-                    loss = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+                    loss = F.cross_entropy(logits.float(), batch.require_labels(), reduction="sum")
                     loss.backward()
                 loss_sum += loss.detach()
-                correct += (logits.argmax(1) == batch.labels).sum()
+                correct += (logits.argmax(1) == batch.require_labels()).sum()
                 if not ends_step:
                     continue
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from rlt.dataset import TokenDataset, read_index
-from rlt.pipeline import Backend, ClipBatch, ClipSampling, OnlinePipeline, RLTConfig, read_manifest
-from rlt.train._loader import TokenBatch, TokenLoader, TokenStream
+from rlt.pipeline import Backend, ClipSampling, OnlinePipeline, PackedTokens, RLTConfig, read_manifest
+from rlt.train._loader import TokenLoader, TokenStream
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class DataSpec:
 def dataset_spec(root: str | Path) -> DataSpec:
     """A tokenized dataset's clips, from its index (and, for integer labels, its label column)."""
     index = read_index(root)
-    config = index["config"]
-    classes = index.get("classes")
+    config = index.config
+    classes = list(index.classes) if index.classes else None
     if classes:
         num_classes = len(classes)
     else:
@@ -63,8 +63,8 @@ def manifest_spec(manifest: str | Path, sampling: ClipSampling, rlt: RLTConfig) 
 
 
 class Source:
-    """Training batches from a tokenized dataset (a `TokenLoader`) or from raw videos (an
-    `OnlinePipeline`, its `ClipBatch` turned into `TokenBatch`), with the clips' `DataSpec`.
+    """Training batches (`PackedTokens`) from a tokenized dataset (a `TokenLoader`) or from raw
+    videos (an `OnlinePipeline`), with the clips' `DataSpec`.
 
     Both count epochs and batches the same way and resume from a versioned ``state_dict``, so the
     training loop does not care which one it runs on.
@@ -84,10 +84,8 @@ class Source:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[TokenBatch]:
-        if isinstance(self.batches, TokenLoader):
-            return iter(self.batches)
-        return (to_token_batch(batch) for batch in self.batches)
+    def __iter__(self) -> Iterator[PackedTokens]:
+        return iter(self.batches)
 
     def set_epoch(self, epoch: int) -> None:
         self.batches.set_epoch(epoch)
@@ -139,21 +137,6 @@ def online_source(
         world_size=world_size,
     )
     return Source(manifest_spec(manifest, sampling, rlt), pipeline)
-
-
-def to_token_batch(batch: ClipBatch) -> TokenBatch:
-    """A `ClipBatch` of the online pipeline as the loader's `TokenBatch`."""
-    tokens = batch.tokens
-    return TokenBatch(
-        tokens=tokens.tokens,
-        positions=tokens.positions,
-        lengths=tokens.lengths,
-        cu_seqlens=tokens.cu_seqlens,
-        labels=batch.labels,
-        padded=batch.padded,
-        videos=batch.videos,
-        clip_ids=batch.clip_ids,
-    )
 
 
 def labels_of(root: str | Path) -> np.ndarray:

@@ -1,0 +1,384 @@
+"""The dataset's metadata files, typed: `DatasetIndex` (``index.json``), `ShardMeta` (a shard's
+``meta.json``), the plan's shape, shard names and the clip geometry the format allows.
+
+Every file is read and validated here and nowhere else; an error names the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rlt.dataset._files import META, write_json_atomic
+
+FORMAT = "rlt-tokens"
+# 2: XXH3-128 digests (1: SHA-256); typed, validated metadata.
+FORMAT_VERSION = 2
+INDEX = "index.json"
+PLAN = "plan.json"
+SHARDS = "shards"
+STORAGES = ("zarr", "arrow")
+# Positions and run lengths are stored as int16: a grid side or a clip's tubelets must fit.
+INT16_MAX = 2**15 - 1
+_SHARD_NAME = re.compile(r"shard-[0-9]{5,}")
+
+
+class FormatError(ValueError):
+    """A dataset file is not what the format says: ``path``'s ``field`` is missing or wrong."""
+
+    def __init__(self, path: str | Path, field: str, reason: str) -> None:
+        self.path, self.field, self.reason = str(path), field, reason
+        super().__init__(f"{self.path}: {field}: {reason}" if field else f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (type(self), (self.path, self.field, self.reason))
+
+
+def check_shard_name(name: object, path: str | Path, field: str) -> str:
+    """``name`` if it is a shard name (``shard-NNNNN``): a single folder below ``shards/``, nothing else."""
+    if not (isinstance(name, str) and _SHARD_NAME.fullmatch(name)):
+        raise FormatError(path, field, f"{name!r} is not a shard name (shard-NNNNN)")
+    return name
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The shape of every clip of a dataset.
+
+    Attributes:
+        frames: T, frames per clip.
+        tubelets: G = T / tubelet_size.
+        rows, cols: the patch grid, crop / patch_size each way.
+        token_dim: D = tubelet_size * patch_size**2 * 3, values per token.
+    """
+
+    frames: int
+    tubelets: int
+    rows: int
+    cols: int
+    token_dim: int
+
+    def __post_init__(self) -> None:
+        if max(self.tubelets, self.rows, self.cols) > INT16_MAX:
+            raise ValueError(
+                f"a clip of {self.tubelets} tubelets on a {self.rows}x{self.cols} patch grid does not fit the "
+                f"format: positions and run lengths are int16, so tubelets per clip and patches per side must be "
+                f"at most {INT16_MAX}"
+            )
+
+    @classmethod
+    def of(cls, *, num_frames: int, crop: int, tubelet_size: int, patch_size: int) -> Geometry:
+        side = crop // patch_size
+        return cls(num_frames, num_frames // tubelet_size, side, side, tubelet_size * patch_size**2 * 3)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], path: str | Path = INDEX) -> Geometry:
+        """The geometry a job's ``config`` (as ``index.json`` holds it) gives its clips."""
+        sampling, rlt = _get(config, "sampling", dict, path, "config."), _get(config, "rlt", dict, path, "config.")
+        values = {
+            "num_frames": _get(sampling, "num_frames", int, path, "config.sampling."),
+            "crop": _get(sampling, "crop", int, path, "config.sampling."),
+            "tubelet_size": _get(rlt, "tubelet_size", int, path, "config.rlt."),
+            "patch_size": _get(rlt, "patch_size", int, path, "config.rlt."),
+        }
+        try:
+            return cls.of(**values)
+        except (ValueError, ZeroDivisionError) as e:
+            raise FormatError(path, "config", str(e)) from e
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A data file of a shard: its path inside the shard folder, size and digest (``xxh3_128:HEX``)."""
+
+    path: str
+    bytes: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class FailedVideo:
+    """A video that gave no clips, and why."""
+
+    video: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """A shard as ``index.json`` lists it."""
+
+    name: str
+    rows: int
+    tokens: int
+    dense_tokens: int
+    videos: int
+    failed: int
+    bytes: int
+    checksum: str
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    """A shard's ``meta.json``: what it holds and the files that hold it.
+
+    Attributes:
+        rows: clips. tokens: kept tokens. dense_tokens: tokens with none dropped.
+        videos: the shard's videos, failed ones included. failed: those that gave no clips.
+        errors: the failed videos and why. decoder: the decoder chain that read the videos.
+        files: each data file (``meta.json`` aside). bytes: their total size.
+        checksum: `rlt.dataset.checksum` over ``files``.
+    """
+
+    name: str
+    rows: int
+    tokens: int
+    dense_tokens: int
+    videos: int
+    failed: int
+    errors: tuple[FailedVideo, ...]
+    decoder: str
+    files: tuple[FileEntry, ...]
+    bytes: int
+    checksum: str
+
+    @property
+    def entry(self) -> ShardEntry:
+        return ShardEntry(
+            self.name, self.rows, self.tokens, self.dense_tokens, self.videos, self.failed, self.bytes, self.checksum
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Any, path: str | Path) -> ShardMeta:
+        counts = {k: _get(values, k, int, path) for k in ("rows", "tokens", "dense_tokens", "videos", "failed")}
+        errors = tuple(
+            FailedVideo(_get(e, "video", str, path, f"errors[{i}]."), _get(e, "reason", str, path, f"errors[{i}]."))
+            for i, e in enumerate(_get(values, "errors", list, path))
+        )
+        files = tuple(
+            FileEntry(
+                _get(f, "path", str, path, f"files[{i}]."),
+                _get(f, "bytes", int, path, f"files[{i}]."),
+                _get(f, "digest", str, path, f"files[{i}]."),
+            )
+            for i, f in enumerate(_get(values, "files", list, path))
+        )
+        meta = cls(
+            name=check_shard_name(_get(values, "name", str, path), path, "name"),
+            errors=errors,
+            decoder=_get(values, "decoder", str, path),
+            files=files,
+            bytes=_get(values, "bytes", int, path),
+            checksum=_get(values, "checksum", str, path),
+            **counts,
+        )
+        if meta.failed != len(errors) or meta.failed > meta.videos:
+            raise FormatError(
+                path, "failed", f"{meta.failed} failed videos, {len(errors)} errors, {meta.videos} videos"
+            )
+        if meta.bytes != sum(f.bytes for f in files):
+            raise FormatError(path, "bytes", f"{meta.bytes} is not the sum of the files' sizes")
+        return meta
+
+
+def read_shard_meta(folder: Path) -> ShardMeta:
+    """Reads and validates ``folder/meta.json``."""
+    return ShardMeta.from_dict(_read_json(folder / META), folder / META)
+
+
+def write_shard_meta(folder: Path, meta: ShardMeta) -> None:
+    write_json_atomic(folder / META, meta.to_dict())
+
+
+@dataclass(frozen=True)
+class Totals:
+    videos: int
+    failed: int
+    clips: int
+    tokens: int
+    dense_tokens: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """A finished dataset's ``index.json``: its configuration and its shards, written last.
+
+    Attributes:
+        storage: ``"arrow"`` or ``"zarr"``.
+        config: the job's configuration (``sampling``, ``rlt``, ``backend``, ``storage``, ``shard_size``).
+        classes: the class names, when the manifest named its labels; else None.
+        versions: the packages that wrote it.
+        decoders: the decoder chains that read the videos.
+        totals: sums over the shards.
+        shards: the shards in order; rows are numbered across them in this order.
+    """
+
+    storage: str
+    config: dict[str, Any]
+    classes: tuple[str, ...] | None
+    versions: dict[str, str]
+    decoders: tuple[str, ...]
+    totals: Totals
+    shards: tuple[ShardEntry, ...]
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.from_config(self.config)
+
+    @classmethod
+    def of(
+        cls,
+        metas: list[ShardMeta],
+        *,
+        storage: str,
+        config: dict[str, Any],
+        classes: list[str] | tuple[str, ...] | None,
+        versions: dict[str, str],
+    ) -> DatasetIndex:
+        """The index of a dataset made of ``metas``' shards."""
+        totals = Totals(
+            videos=sum(m.videos for m in metas),
+            failed=sum(m.failed for m in metas),
+            clips=sum(m.rows for m in metas),
+            tokens=sum(m.tokens for m in metas),
+            dense_tokens=sum(m.dense_tokens for m in metas),
+            bytes=sum(m.bytes for m in metas),
+        )
+        return cls(
+            storage=storage,
+            config=config,
+            classes=tuple(classes) if classes else None,
+            versions=versions,
+            decoders=tuple(sorted({m.decoder for m in metas})),
+            totals=totals,
+            shards=tuple(m.entry for m in metas),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["classes"] = list(self.classes) if self.classes else None
+        return {"format": FORMAT, "version": FORMAT_VERSION, **values}
+
+    @classmethod
+    def from_dict(cls, values: Any, path: str | Path) -> DatasetIndex:
+        if not isinstance(values, dict):
+            raise FormatError(path, "", "expected a JSON object")
+        if values.get("format") != FORMAT:
+            raise FormatError(path, "format", f"{values.get('format')!r} is not {FORMAT!r}")
+        if values.get("version") != FORMAT_VERSION:
+            raise FormatError(
+                path,
+                "version",
+                f"format version {values.get('version')!r} is not supported (this rlt-prep reads version "
+                f"{FORMAT_VERSION}); upgrade rlt-prep or re-run `rlt-prep tokenize`",
+            )
+        storage = _get(values, "storage", str, path)
+        if storage not in STORAGES:
+            raise FormatError(path, "storage", f"{storage!r} is not one of {', '.join(STORAGES)}")
+        config = _get(values, "config", dict, path)
+        Geometry.from_config(config, path)
+        classes = values.get("classes")
+        if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise FormatError(path, "classes", "expected null or a list of strings")
+        totals = _get(values, "totals", dict, path)
+        names = ("name", "rows", "tokens", "dense_tokens", "videos", "failed", "bytes", "checksum")
+        shards = []
+        for i, s in enumerate(_get(values, "shards", list, path)):
+            where = f"shards[{i}]."
+            entry = ShardEntry(*(_get(s, k, str if k in ("name", "checksum") else int, path, where) for k in names))
+            check_shard_name(entry.name, path, f"{where}name")
+            shards.append(entry)
+        if len({s.name for s in shards}) != len(shards):
+            raise FormatError(path, "shards", "a shard is listed twice")
+        index = cls(
+            storage=storage,
+            config=config,
+            classes=tuple(classes) if classes else None,
+            versions={str(k): str(v) for k, v in _get(values, "versions", dict, path).items()},
+            decoders=tuple(str(d) for d in _get(values, "decoders", list, path)),
+            totals=Totals(**{k: _get(totals, k, int, path, "totals.") for k in Totals.__dataclass_fields__}),
+            shards=tuple(shards),
+        )
+        if index.totals.clips != sum(s.rows for s in shards) or index.totals.tokens != sum(s.tokens for s in shards):
+            raise FormatError(path, "totals", "the totals disagree with the shards")
+        return index
+
+
+def read_index(root: str | Path) -> DatasetIndex:
+    """Reads and validates ``root/index.json``; raises a clear error for a missing or unknown one."""
+    path = Path(root) / INDEX
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: {root} is not a finished rlt-prep dataset (a job that did not finish "
+            f"writes no index; run `rlt-prep tokenize` again to complete it)"
+        )
+    return DatasetIndex.from_dict(_read_json(path), path)
+
+
+def write_index(root: Path, index: DatasetIndex) -> None:
+    """Writes ``root/index.json`` atomically: the last file of a job, that makes the dataset finished."""
+    write_json_atomic(root / INDEX, index.to_dict())
+
+
+def read_plan(root: Path) -> dict[str, Any] | None:
+    """The job's ``plan.json`` under ``root``, validated (None if there is none yet).
+
+    ``{"config": {...}, "classes": [...] | null, "shards": [{"name": "shard-NNNNN", "videos":
+    [[video, resolved path, label, size, mtime_ns], ...]}, ...]}``
+    """
+    path = root / PLAN
+    if not path.is_file():
+        return None
+    plan = _read_json(path)
+    _get(plan, "config", dict, path)
+    for i, shard in enumerate(_get(plan, "shards", list, path)):
+        check_shard_name(_get(shard, "name", str, path, f"shards[{i}]."), path, f"shards[{i}].name")
+        for j, entry in enumerate(_get(shard, "videos", list, path, f"shards[{i}].")):
+            if not (
+                isinstance(entry, list)
+                and len(entry) in (3, 5)
+                and isinstance(entry[0], str)
+                and isinstance(entry[1], str)
+                and _is_int(entry[2])
+                and all(_is_int(v) for v in entry[3:])
+            ):
+                raise FormatError(path, f"shards[{i}].videos[{j}]", "expected [video, path, label, size, mtime_ns]")
+    return plan
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError as e:
+        raise FormatError(path, "", f"not UTF-8 text ({e})") from e
+    except json.JSONDecodeError as e:
+        raise FormatError(path, "", f"not valid JSON ({e})") from e
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _get(values: Any, key: str, kind: type, path: str | Path, where: str = "") -> Any:
+    """``values[key]`` checked to be a ``kind`` (an int >= 0 for int)."""
+    if not isinstance(values, dict):
+        raise FormatError(path, where.rstrip(".") or "(top level)", "expected a JSON object")
+    if key not in values:
+        raise FormatError(path, f"{where}{key}", "missing")
+    value = values[key]
+    if kind is int:
+        ok = _is_int(value) and value >= 0
+        expected = "an integer >= 0"
+    else:
+        ok = isinstance(value, kind)
+        expected = {"str": "a string", "list": "a list", "dict": "an object"}[kind.__name__]
+    if not ok:
+        raise FormatError(path, f"{where}{key}", f"expected {expected}, got {value!r}"[:300])
+    return value
