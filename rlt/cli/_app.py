@@ -153,8 +153,12 @@ EXIT_SOME_FAILED = 3
 
 @app.command()
 def tokenize(
-    manifest: Annotated[Path, typer.Argument(help="CSV of path,label (paths relative to its folder)")],
-    out: Annotated[Path, typer.Argument(help="dataset folder; nothing is written outside it")],
+    manifest: Annotated[
+        str, typer.Argument(help="CSV of path,label (paths relative to its folder); a path or a URL (s3://...)")
+    ],
+    out: Annotated[
+        str, typer.Argument(help="dataset folder or URL (s3://bucket/prefix); nothing is written outside it")
+    ],
     format: Annotated[
         str, typer.Option("--format", help="arrow (fastest to write and read) | zarr (2x smaller)")
     ] = "arrow",
@@ -216,8 +220,8 @@ def tokenize(
 
 
 def _run_tokenize(
-    manifest: Path,
-    out: Path,
+    manifest: str | Path,
+    out: str | Path,
     config: TokenizeConfig,
     ray_address: str | None,
     workers: int | None,
@@ -274,7 +278,7 @@ def _print_summary(s: JobSummary) -> None:
     table.add_row("time", f"{s.seconds:.1f}s")
     console.print(table)
     if s.failed:
-        console.print(f"[yellow]{s.failed} videos failed[/yellow]: see {s.out / 'errors.jsonl'}")
+        console.print(f"[yellow]{s.failed} videos failed[/yellow]: see {s.out}/errors.jsonl")
 
 
 @app.command()

@@ -95,7 +95,7 @@ def decode_clips(
     todo = []
     for k, (video, path) in enumerate(videos):
         try:
-            info = probe(path)
+            info = probe(_local_file(path))
         except VideoDecodeError as e:
             results[k] = VideoDecodeError(video, e.reason)
             continue
@@ -191,3 +191,15 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     if index not in streams:
         streams[index] = torch.cuda.Stream(device=index)
     return streams[index]
+
+
+def _local_file(path: str | Path) -> str | Path:
+    """A local file for ``path``: a video at a URL (``s3://...``) is fetched into the cache first."""
+    from rlt.dataset._remote import fetch_file, is_url
+
+    if not is_url(path):
+        return path
+    try:
+        return fetch_file(str(path))
+    except OSError as e:
+        raise VideoDecodeError(str(path), f"cannot be fetched ({e})") from e

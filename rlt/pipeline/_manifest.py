@@ -55,7 +55,7 @@ class ManifestRow:
     """One video: ``video`` as the manifest gives it, ``path`` resolved, and its class index."""
 
     video: str
-    path: Path
+    path: Path | str  # a str for a video at a URL (s3://...)
     label: int
 
 
@@ -95,13 +95,21 @@ def read_manifest(path: str | Path) -> Manifest:
             CSV, the header lacks the ``path`` or ``label`` column, a path or label is empty, a
             label is negative, fractional or too large, or indices and names are mixed.
     """
-    path = Path(path)
+    from rlt.dataset._remote import fetch_file, is_url
+
+    base: Path | str
+    if is_url(path):  # fetched into the cache; its relative paths are taken against its URL
+        base = str(path).rsplit("/", 1)[0]
+        path = fetch_file(str(path))
+    else:
+        path = Path(path)
+        base = path.parent
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
     records = _read_records(path)
     numbers, classes = _number_labels(path, records)
     rows = tuple(
-        ManifestRow(video=video, path=_resolve(path.parent, video), label=number)
+        ManifestRow(video=video, path=_resolve(base, video), label=number)
         for (_, video, _), number in zip(records, numbers, strict=True)
     )
     return Manifest(path=path, rows=rows, classes=classes)
@@ -215,6 +223,12 @@ def _show(label: str, limit: int = 40) -> str:
     return repr(label if len(label) <= limit else label[:limit] + "...")
 
 
-def _resolve(folder: Path, video: str) -> Path:
+def _resolve(folder: Path | str, video: str) -> Path | str:
+    from rlt.dataset._remote import is_url
+
+    if is_url(video):
+        return video
+    if isinstance(folder, str):  # the manifest is at a URL
+        return video if video.startswith("/") else f"{folder}/{video}"
     candidate = Path(video).expanduser()
     return candidate if candidate.is_absolute() else folder / candidate

@@ -95,7 +95,7 @@ class Executor:
                     with contextlib.suppress(OSError):  # another run's session may still be there
                         session.parent.rmdir()
 
-    def run(self, out: Path, pending: list[ShardSpec]) -> Iterator[dict[str, Any]]:
+    def run(self, out: str | Path, pending: list[ShardSpec]) -> Iterator[dict[str, Any]]:
         """Runs the pending shards and yields each one's result as it completes."""
         left = _Pending(pending)
         if not left:
@@ -112,13 +112,13 @@ class Executor:
                 return
         yield from self._on_ray(out, left)
 
-    def _run_here(self, out: Path) -> Any:
+    def _run_here(self, out: str | Path) -> Any:
         def run(spec: ShardSpec) -> dict[str, Any]:
             return run_shard(out, spec, self.config, videos_per_batch=self.videos_per_batch)
 
         return run
 
-    def _on_ray(self, out: Path, left: _Pending) -> Iterator[dict[str, Any]]:
+    def _on_ray(self, out: str | Path, left: _Pending) -> Iterator[dict[str, Any]]:
         threads = self._threads
         try:
             ray = self._start_ray()  # the threads, if any, go on meanwhile

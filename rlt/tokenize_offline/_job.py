@@ -7,7 +7,6 @@ a re-run with new manifest rows plans new shards for the new videos only.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,29 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from rlt.dataset import (
-    INDEX,
-    PLAN,
     SHARDS,
     DatasetIndex,
     ShardMeta,
-    open_atomic,
-    read_index,
-    read_plan,
-    read_shard_meta,
     shard_folder,
-    write_index,
-    write_json_atomic,
 )
+from rlt.dataset._remote import Store, is_url
 from rlt.pipeline import read_manifest
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._executor import RAY_AFTER, Executor
 from rlt.tokenize_offline._lock import lock_output
+from rlt.tokenize_offline._output import Output
 from rlt.tokenize_offline._shard import ShardSpec
 
 log = logging.getLogger(__name__)
 
 TASKS_PER_WORKER = 4
-ERRORS = "errors.jsonl"
 
 
 class ConfigMismatchError(ValueError):
@@ -54,7 +46,7 @@ class ConfigMismatchError(ValueError):
 class JobSummary:
     """What a run of the job did and what the dataset holds."""
 
-    out: Path
+    out: Path | str  # a str for a URL
     videos: int
     failed: int
     clips: int
@@ -130,7 +122,8 @@ def tokenize_dataset(
             for a video already tokenized, or lost rows; ``overwrite`` rebuilds instead.
     """
     started = time.perf_counter()
-    out = Path(out)
+    output = Output(out)
+    out = output.local
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if videos_per_batch < 1:
@@ -150,12 +143,12 @@ def tokenize_dataset(
     )
     # One writer per OUT for the whole run, --overwrite included.
     with lock_output(out):
-        return _run_job(rows, out, config, executor, overwrite, retry_failed, on_progress, started)
+        return _run_job(rows, output, config, executor, overwrite, retry_failed, on_progress, started)
 
 
 def _run_job(
     rows: Any,
-    out: Path,
+    output: Output,
     config: TokenizeConfig,
     executor: Executor,
     overwrite: bool,
@@ -164,39 +157,39 @@ def _run_job(
     started: float,
 ) -> JobSummary:
     if overwrite:
-        _remove_dataset(out)
+        output.remove_dataset()
     written = 0
     task_seconds = work_seconds = 0.0
     with executor:
-        retry = _failed_videos(out) if retry_failed else None
-        plan = _extend_plan(out, rows, config, executor.workers, retry)
+        retry = _failed_videos(output) if retry_failed else None
+        plan = _extend_plan(output, rows, config, executor.workers, retry)
         # An entry is [video, resolved path, label, size, mtime_ns]; the last two identify the file.
         specs = [ShardSpec(s["name"], tuple(tuple(v[:3]) for v in s["videos"])) for s in plan["shards"]]
         if retry:
-            _forget_shards_of(out, specs, retry)
-        pending = [s for s in specs if not shard_folder(out, s.name).is_dir()]
+            output.forget([s.name for s in specs if any(video in retry for video, _, _ in s.videos)])
+        pending = [s for s in specs if not output.committed(s.name)]
         total_videos = sum(len(s.videos) for s in specs)
-        if pending or not (out / INDEX).is_file():
+        if pending or not output.has_index():
             # Until the index is rewritten, the folder must not look like a finished dataset.
-            (out / INDEX).unlink(missing_ok=True)
+            output.remove_index()
             counts = Progress(0, total_videos, 0, 0, 0, 0)
             for s in specs:
                 if s not in pending:
-                    _add(counts, read_shard_meta(shard_folder(out, s.name)))
+                    _add(counts, output.meta(s.name))
             if on_progress:
                 on_progress(counts)
-            for result in executor.run(out, pending):
+            for result in executor.run(output.name, pending):
                 written += not result["skipped"]
                 task_seconds += result["seconds"]
                 work_seconds += result["work_seconds"]
                 _add(counts, result["meta"])
                 if on_progress:
                     on_progress(counts)
-            _write_index(out, plan, specs, config)
-            _remove_leftovers(out)
-    totals = read_index(out).totals
+            _write_index(output, plan, specs, config)
+            _remove_leftovers(output.local)
+    totals = output.read_index().totals
     return JobSummary(
-        out=out,
+        out=output.local if output.store is None else output.name,
         videos=totals.videos,
         failed=totals.failed,
         clips=totals.clips,
@@ -220,13 +213,14 @@ def _add(counts: Progress, meta: ShardMeta) -> None:
 
 
 def _extend_plan(
-    out: Path, manifest: Any, config: TokenizeConfig, workers: int, retry: set[str] | None
+    output: Output, manifest: Any, config: TokenizeConfig, workers: int, retry: set[str] | None
 ) -> dict[str, Any]:
-    """The plan of ``out``, extended by the manifest's new videos, and with ``retry`` (the failed
+    """The plan of ``output``, extended by the manifest's new videos, and with ``retry`` (the failed
     videos, under --retry-failed) taken as the manifest has them now."""
-    path = out / PLAN
+    out = output.name
     wanted = config.to_dict()
-    plan = read_plan(out)
+    plan = output.read_plan()
+    is_new = plan is None
     if plan is not None:
         if plan["config"] != wanted:
             raise ConfigMismatchError(
@@ -245,7 +239,7 @@ def _extend_plan(
         if row.video in seen:
             raise ValueError(f"{manifest.path}: video {row.video!r} appears twice")
         seen.add(row.video)
-        resolved = str(row.path.resolve())
+        resolved = row.path if isinstance(row.path, str) else str(row.path.resolve())
         identity = _identity(resolved)
         if row.video not in planned:
             new.append([row.video, resolved, row.label, *identity])
@@ -257,26 +251,30 @@ def _extend_plan(
     if changes:
         # Videos that failed left no rows: their files may change (be fixed) without spoiling the
         # dataset. Read from the shards only when something changed.
-        changes.forgive(retry if retry is not None else _failed_videos(out))
+        changes.forgive(retry if retry is not None else _failed_videos(output))
     changes.check(out)
-    if new or retry or not path.is_file():
+    if new or retry or is_new:
         first = len(plan["shards"])
         size = shard_size(len(new), config.shard_size, workers)
         for k in range(0, len(new), size):
             plan["shards"].append({"name": f"shard-{first + k // size:05d}", "videos": new[k : k + size]})
-        write_json_atomic(path, plan)
+        output.write_plan(plan)
     return plan
 
 
-def _failed_videos(out: Path) -> set[str]:
+def _failed_videos(output: Output) -> set[str]:
     """The videos that failed in the committed shards (as ``errors.jsonl`` lists them)."""
-    folders = (out / SHARDS).glob("shard-*")  # committed ones: attempts are named .tmp-*
-    return {e.video for folder in folders if folder.is_dir() for e in read_shard_meta(folder).errors}
+    return {e.video for name in output.committed_names() for e in output.meta(name).errors}
 
 
 def _identity(path: str) -> list[int]:
-    """[size, mtime_ns] of a video file, recorded in the plan to recognise it on a re-run."""
+    """[size, mtime_ns] of a video file, recorded in the plan to recognise it on a re-run (an
+    object at a URL has its size, and 0 for the time)."""
     try:
+        if is_url(path):
+            parent, _, name = path.rpartition("/")
+            size = Store(parent).size(name)
+            return [] if size is None else [size, 0]
         stat = os.stat(path)
     except OSError:
         return []  # a missing video fails when decoded, and is recorded then
@@ -312,7 +310,7 @@ class _Changes:
         self.labels = [c for c in self.labels if c[0] not in failed]
         self.files = [c for c in self.files if c[0] not in failed]
 
-    def check(self, out: Path) -> None:
+    def check(self, out: str | Path) -> None:
         parts = []
         for what, items in (
             ("labels changed", [f"{video}: {change}" for video, change in self.labels]),
@@ -349,32 +347,6 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def _forget_shards_of(out: Path, specs: list[ShardSpec], videos: set[str]) -> None:
-    """Removes the committed shards holding any of ``videos``, so that this run writes them again.
-
-    The index goes first: from then on the folder is an unfinished dataset, and a run killed
-    midway leaves those shards pending, which the next run redoes with or without the flag.
-    """
-    folders = [shard_folder(out, s.name) for s in specs if any(video in videos for video, _, _ in s.videos)]
-    folders = [folder for folder in folders if folder.is_dir()]
-    if folders:
-        (out / INDEX).unlink(missing_ok=True)
-    for folder in folders:
-        shutil.rmtree(folder)
-
-
-def _remove_dataset(out: Path) -> None:
-    """Removes what the job writes in ``out`` (and nothing else a user may keep there).
-
-    Raises:
-        OSError: something could not be removed, named; the run must not go on over old shards.
-    """
-    for name in (INDEX, PLAN, ERRORS):
-        (out / name).unlink(missing_ok=True)
-    if (out / SHARDS).exists():
-        shutil.rmtree(out / SHARDS)
-
-
 def _remove_leftovers(out: Path) -> None:
     """Removes temporary folders of attempts whose shard another attempt has committed.
 
@@ -387,16 +359,13 @@ def _remove_leftovers(out: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_index(out: Path, plan: dict[str, Any], specs: list[ShardSpec], config: TokenizeConfig) -> None:
-    metas = [read_shard_meta(shard_folder(out, s.name)) for s in specs]
-    with open_atomic(out / ERRORS) as f:
-        for m in metas:
-            for e in m.errors:
-                f.write(json.dumps({"video": e.video, "reason": e.reason, "shard": m.name}) + "\n")
+def _write_index(output: Output, plan: dict[str, Any], specs: list[ShardSpec], config: TokenizeConfig) -> None:
+    metas = [output.meta(s.name) for s in specs]
+    errors = [{"video": e.video, "reason": e.reason, "shard": m.name} for m in metas for e in m.errors]
     index = DatasetIndex.of(
         metas, storage=config.storage, config=plan["config"], classes=plan["classes"], versions=_versions()
     )
-    write_index(out, index)
+    output.finish(errors, index)
 
 
 def _versions() -> dict[str, str]:

@@ -6,6 +6,7 @@ leaves the first copy untouched.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 import torch
 
-from rlt.dataset import ShardWriter, read_shard_meta, shard_folder
+from rlt.dataset import ShardWriter, shard_folder
+from rlt.dataset._remote import publish_shard
 from rlt.pipeline import (
     DecodedVideo,
     VideoDecodeError,
@@ -24,6 +26,7 @@ from rlt.pipeline import (
     tokenize_clips,
 )
 from rlt.tokenize_offline._config import TokenizeConfig
+from rlt.tokenize_offline._output import Output
 
 
 @dataclass(frozen=True)
@@ -40,17 +43,16 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, video
     The shard's videos are decoded ``videos_per_batch`` at a time (one DALI batch), the next group
     decoding while this one is tokenized.
     """
-    out = Path(out)
-    final = shard_folder(out, spec.name)
-    if final.is_dir():
-        return {"meta": read_shard_meta(final), "seconds": 0.0, "work_seconds": 0.0, "skipped": True}
+    output = Output(out)
+    if output.committed(spec.name):
+        return {"meta": output.meta(spec.name), "seconds": 0.0, "work_seconds": 0.0, "skipped": True}
     started = time.perf_counter()
     chain = resolve_backend(config.backend)
     # The GPU tokenizes wherever one is there, whichever decoder fed it.
     device = concrete_device("cuda" if torch.cuda.is_available() else "cpu")
     videos = spec.videos
     groups = [videos[i : i + videos_per_batch] for i in range(0, len(videos), videos_per_batch)]
-    writer = ShardWriter(out, spec.name, storage=config.storage, geometry=config.geometry)
+    writer = ShardWriter(output.local, spec.name, storage=config.storage, geometry=config.geometry)
 
     def decode(group: tuple[tuple[str, str, int], ...]) -> list[DecodedVideo | VideoDecodeError]:
         return decode_clips(
@@ -78,6 +80,13 @@ def run_shard(out: str | Path, spec: ShardSpec, config: TokenizeConfig, *, video
             writer.add(tokenize_clips(batch, config.rlt))
     work_seconds = time.perf_counter() - started  # decoding and RLT; the rest is writing and committing
     meta, committed = writer.commit(videos=len(videos), decoder=",".join(chain))
+    if output.store:
+        # Committed in the staging folder (perhaps by an attempt killed before it finished
+        # publishing): publish it, data objects first, and keep no local copy.
+        folder = shard_folder(output.local, spec.name)
+        publish_shard(output.store, folder, spec.name, [f.path for f in meta.files])
+        shutil.rmtree(folder)
+        committed = True
     return {
         "meta": meta,
         "seconds": time.perf_counter() - started,
