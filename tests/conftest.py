@@ -12,6 +12,9 @@ import torch
 
 from tests.videos import make_test_videos
 
+# The S3 server fixtures (`s3`), for the tests of datasets on object storage.
+pytest_plugins = ("tests.s3",)
+
 CUDA = torch.cuda.is_available()
 FAIL_WITHOUT_CUDA = os.environ.get("FAIL_WITHOUT_CUDA", "") not in ("", "0")
 

@@ -14,7 +14,7 @@ import pytest
 from rlt.pipeline import ClipSampling, read_manifest
 from rlt.samples import make_samples
 from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
-from tests.s3 import S3, s3, s3_server  # noqa: F401 (fixtures)
+from tests.s3 import S3
 
 SMALL = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
 CONFIG = TokenizeConfig(shard_size=2, sampling=SMALL, backend="decord")
@@ -29,9 +29,7 @@ def local_files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def test_a_dataset_written_to_s3_holds_the_bytes_of_one_written_locally(
-    tmp_path: Path, samples: Path, s3: S3
-) -> None:
+def test_a_dataset_written_to_s3_holds_the_bytes_of_one_written_locally(tmp_path: Path, samples: Path, s3: S3) -> None:
     url = f"{s3.bucket()}/datasets/one"
     summary = tokenize_dataset(samples, url, CONFIG, workers=1)
     assert (summary.out, summary.videos, summary.shards_written) == (url, 6, 3)
@@ -69,9 +67,7 @@ def test_a_missing_video_at_a_url_is_a_failed_video_not_a_crash(tmp_path: Path, 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_job_killed_while_publishing_resumes_to_the_same_objects(
-    tmp_path: Path, samples: Path, s3: S3
-) -> None:
+def test_a_job_killed_while_publishing_resumes_to_the_same_objects(tmp_path: Path, samples: Path, s3: S3) -> None:
     bucket = s3.bucket()
     reference = tokenize_dataset(samples, f"{bucket}/reference", TokenizeConfig(shard_size=1, sampling=SMALL,
                                  backend="decord"), workers=1)  # fmt: skip
