@@ -283,7 +283,9 @@ def _print_summary(s: JobSummary) -> None:
 
 @app.command()
 def stats(
-    dataset: Annotated[Path | None, typer.Argument(help="a dataset written by `rlt-prep tokenize`")] = None,
+    dataset: Annotated[
+        str | None, typer.Argument(help="a dataset written by `rlt-prep tokenize`: its folder or URL (s3://...)")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON here")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="write a self-contained HTML report here")] = None,
     by: Annotated[str | None, typer.Option(help="group the kept tokens by: label")] = "label",
@@ -328,7 +330,9 @@ def stats(
 
 @app.command("train")
 def train_command(
-    dataset: Annotated[Path | None, typer.Argument(help="a dataset written by `rlt-prep tokenize`")] = None,
+    dataset: Annotated[
+        str | None, typer.Argument(help="a dataset written by `rlt-prep tokenize`: its folder or URL (s3://...)")
+    ] = None,
     out: Annotated[Path, typer.Option(help="run folder: metrics.jsonl, ckpt/, config.json")] = Path("run"),
     online: Annotated[
         Path | None, typer.Option(help="train from raw videos of this manifest instead (decoded and tokenized online)")
@@ -365,6 +369,7 @@ def train_command(
 
     Runs on all ranks under `torchrun --nproc-per-node N -m rlt train ...`.
     """
+    data: str | Path
     if online is not None and dataset is None:
         data = online
     elif dataset is not None and online is None:
@@ -443,7 +448,9 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 @app.command("eval")
 def eval_command(
     checkpoint: Annotated[Path, typer.Argument(help="a run folder (its newest checkpoint) or a step-*.pt file")],
-    data: Annotated[Path, typer.Argument(help="a dataset written by `rlt-prep tokenize`, or a manifest CSV")],
+    data: Annotated[
+        str, typer.Argument(help="a dataset written by `rlt-prep tokenize` (its folder or URL), or a manifest CSV")
+    ],
     clips_per_video: Annotated[int | None, typer.Option(help="manifest: clips per video")] = None,
     max_tokens: Annotated[int, typer.Option(help="token budget of a batch")] = 16384,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the scores as JSON here")] = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlt.dataset._files import META, write_json_atomic
+from rlt.dataset._remote import is_url, local_path
 
 FORMAT = "rlt-tokens"
 # 2: XXH3-128 digests (1: SHA-256); typed, validated metadata.
@@ -24,6 +25,7 @@ STORAGES = ("zarr", "arrow")
 # Positions and run lengths are stored as int16: a grid side or a clip's tubelets must fit.
 INT16_MAX = 2**15 - 1
 _SHARD_NAME = re.compile(r"shard-[0-9]{5,}")
+_DIGEST = re.compile(r"xxh3_128:[0-9a-f]{32}")
 
 
 class FormatError(ValueError):
@@ -42,6 +44,20 @@ def check_shard_name(name: object, path: str | Path, field: str) -> str:
     if not (isinstance(name, str) and _SHARD_NAME.fullmatch(name)):
         raise FormatError(path, field, f"{name!r} is not a shard name (shard-NNNNN)")
     return name
+
+
+def _check_digest(value: str, path: str | Path, field: str) -> str:
+    if not _DIGEST.fullmatch(value):
+        raise FormatError(path, field, f"{value!r} is not an xxh3_128 digest (xxh3_128: and 32 hex digits)"[:300])
+    return value
+
+
+def _check_file_path(value: str, path: str | Path, field: str) -> str:
+    # Readers of object stores fetch the files a meta.json lists: none may lead out of its shard.
+    parts = value.split("/")
+    if not value or value.startswith("/") or "\\" in value or any(p in ("", ".", "..") for p in parts):
+        raise FormatError(path, field, f"{value!r} is not a relative path inside the shard"[:300])
+    return value
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,11 @@ class Geometry:
 
     @classmethod
     def of(cls, *, num_frames: int, crop: int, tubelet_size: int, patch_size: int) -> Geometry:
+        if min(num_frames, crop, tubelet_size, patch_size) < 1 or num_frames % tubelet_size or crop % patch_size:
+            raise ValueError(
+                f"num_frames={num_frames} and crop={crop} must be positive multiples of tubelet_size={tubelet_size} "
+                f"and patch_size={patch_size}"
+            )
         side = crop // patch_size
         return cls(num_frames, num_frames // tubelet_size, side, side, tubelet_size * patch_size**2 * 3)
 
@@ -163,9 +184,9 @@ class ShardMeta:
         )
         files = tuple(
             FileEntry(
-                _get(f, "path", str, path, f"files[{i}]."),
+                _check_file_path(_get(f, "path", str, path, f"files[{i}]."), path, f"files[{i}].path"),
                 _get(f, "bytes", int, path, f"files[{i}]."),
-                _get(f, "digest", str, path, f"files[{i}]."),
+                _check_digest(_get(f, "digest", str, path, f"files[{i}]."), path, f"files[{i}].digest"),
             )
             for i, f in enumerate(_get(values, "files", list, path))
         )
@@ -175,7 +196,7 @@ class ShardMeta:
             decoder=_get(values, "decoder", str, path),
             files=files,
             bytes=_get(values, "bytes", int, path),
-            checksum=_get(values, "checksum", str, path),
+            checksum=_check_digest(_get(values, "checksum", str, path), path, "checksum"),
             **counts,
         )
         if meta.failed != len(errors) or meta.failed > meta.videos:
@@ -294,6 +315,7 @@ class DatasetIndex:
             where = f"shards[{i}]."
             entry = ShardEntry(*(_get(s, k, str if k in ("name", "checksum") else int, path, where) for k in names))
             check_shard_name(entry.name, path, f"{where}name")
+            _check_digest(entry.checksum, path, f"{where}checksum")
             shards.append(entry)
         if len({s.name for s in shards}) != len(shards):
             raise FormatError(path, "shards", "a shard is listed twice")
@@ -306,14 +328,24 @@ class DatasetIndex:
             totals=Totals(**{k: _get(totals, k, int, path, "totals.") for k in Totals.__dataclass_fields__}),
             shards=tuple(shards),
         )
-        if index.totals.clips != sum(s.rows for s in shards) or index.totals.tokens != sum(s.tokens for s in shards):
-            raise FormatError(path, "totals", "the totals disagree with the shards")
+        for name in Totals.__dataclass_fields__:
+            total = sum(getattr(s, "rows" if name == "clips" else name) for s in shards)
+            if getattr(index.totals, name) != total:
+                found = getattr(index.totals, name)
+                raise FormatError(path, f"totals.{name}", f"{found} disagrees with the shards' {total}")
         return index
 
 
 def read_index(root: str | Path) -> DatasetIndex:
-    """Reads and validates ``root/index.json``; raises a clear error for a missing or unknown one."""
-    path = Path(root) / INDEX
+    """Reads and validates ``root/index.json``; raises a clear error for a missing or unknown one.
+
+    ``root`` may be a URL (``s3://bucket/prefix``): the index is read from the store.
+    """
+    if is_url(root):
+        from rlt.dataset._cache import read_remote_index
+
+        return read_remote_index(str(root))
+    path = local_path(root) / INDEX
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist: {root} is not a finished rlt-prep dataset (a job that did not finish "
@@ -338,8 +370,12 @@ def read_plan(root: Path) -> dict[str, Any] | None:
         return None
     plan = _read_json(path)
     _get(plan, "config", dict, path)
+    names: set[str] = set()
     for i, shard in enumerate(_get(plan, "shards", list, path)):
-        check_shard_name(_get(shard, "name", str, path, f"shards[{i}]."), path, f"shards[{i}].name")
+        name = check_shard_name(_get(shard, "name", str, path, f"shards[{i}]."), path, f"shards[{i}].name")
+        if name in names:
+            raise FormatError(path, f"shards[{i}].name", f"{name} is planned twice")
+        names.add(name)
         for j, entry in enumerate(_get(shard, "videos", list, path, f"shards[{i}].")):
             if not (
                 isinstance(entry, list)

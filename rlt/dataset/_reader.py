@@ -7,9 +7,9 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from rlt.dataset._files import META, cache_root, checksum, file_list, write_json
 from rlt.dataset._format import (
     INDEX,
     SHARDS,
+    DatasetIndex,
     FormatError,
     ShardEntry,
     check_shard_name,
@@ -24,10 +25,14 @@ from rlt.dataset._format import (
     read_shard_meta,
 )
 from rlt.dataset._record import FIELDS, ClipRecord
+from rlt.dataset._remote import is_url, local_path
 from rlt.dataset._storage import ShardReader
 
+if TYPE_CHECKING:
+    from rlt.dataset._cache import RemoteShards
+
 # Shards whose checksum this process has checked: (folder, checksum). Across processes and runs, a
-# record in the cache folder (`verified_before`) spares hashing a shard whose files have not changed.
+# record in the cache folder (`checked_before`) spares hashing a shard whose files have not changed.
 _verified: set[tuple[str, str]] = set()
 log = logging.getLogger(__name__)
 
@@ -60,15 +65,9 @@ def verify_shard(folder: Path, expected: str, *, remember: bool = True) -> None:
     """
     if not folder.is_dir():
         raise CorruptShardError(folder, "the shard folder is missing")
-    record = (
-        cache_root() / "verified" / (hashlib.sha256(f"{folder.resolve()}\t{expected}".encode()).hexdigest() + ".json")
-    )
     stats = _file_stats(folder)
-    try:
-        if json.loads(record.read_text()) == stats:
-            return
-    except (OSError, ValueError):
-        pass  # never checked here, or the record is unreadable: hash the files
+    if checked_before(folder, expected, stats):
+        return
     try:
         recorded = read_shard_meta(folder).files
     except (OSError, FormatError) as e:
@@ -88,11 +87,31 @@ def verify_shard(folder: Path, expected: str, *, remember: bool = True) -> None:
                 raise CorruptShardError(folder, f"{entry.path} does not match its checksum (altered)")
         raise CorruptShardError(folder, "the shard's files do not match the checksum in the index")
     if remember and _file_stats(folder) == stats:  # unchanged while we hashed
-        try:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(record, stats)
-        except OSError as e:  # a read-only home: every process hashes again, nothing worse
-            log.debug("cannot record the check of %s in %s: %s", folder, record, e)
+        remember_check(folder, expected, stats)
+
+
+def checked_before(folder: Path, key: str, stats: list[list[Any]] | None = None) -> bool:
+    """Whether this machine recorded a successful check of ``folder`` against ``key`` (a checksum)
+    and its files have kept their sizes and modification times since."""
+    try:
+        recorded = json.loads(_record(folder, key).read_text())
+        return bool(recorded == (_file_stats(folder) if stats is None else stats))
+    except (OSError, ValueError):
+        return False  # never checked here, or the record is unreadable
+
+
+def remember_check(folder: Path, key: str, stats: list[list[Any]] | None = None) -> None:
+    """Records that ``folder``'s files, as they are now (or as ``stats``), passed the check ``key``."""
+    record = _record(folder, key)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, _file_stats(folder) if stats is None else stats)
+    except OSError as e:  # a read-only home: every process hashes again, nothing worse
+        log.debug("cannot record the check of %s in %s: %s", folder, record, e)
+
+
+def _record(folder: Path, key: str) -> Path:
+    return cache_root() / "verified" / (hashlib.sha256(f"{folder.resolve()}\t{key}".encode()).hexdigest() + ".json")
 
 
 def _file_stats(folder: Path) -> list[list[Any]]:
@@ -109,20 +128,48 @@ def _file_stats(folder: Path) -> list[list[Any]]:
 class TokenDataset:
     """A finished dataset: length, random access and iteration over `ClipRecord` rows.
 
+    A dataset at a URL (``s3://bucket/prefix``, anything `rlt.dataset._remote.filesystem` opens) is
+    read through a local cache (see `rlt.dataset._cache`): each shard is fetched whole when first
+    used, checked against its checksum once, and read from local disk like a local dataset. Readers
+    of metadata alone (no ``tokens`` column) fetch a shard's metadata files only.
+
+    A shard once opened stays open (from a URL: held, so the cache does not evict it) until
+    `release` or `close`; iterating releases each shard of a URL when done with it.
+
     Args:
-        root: the dataset folder (``OUT`` of `rlt-prep tokenize`).
+        root: the dataset folder (``OUT`` of `rlt-prep tokenize`), or its URL.
         columns: the fields to read; the others come back as None. Reading no ``tokens`` reads no
             pixels at all.
-        verify: check each shard's checksum the first time this process opens it.
+        verify: check each shard's checksum the first time this process opens it (a shard from a
+            URL is always checked, once, when it is fetched).
         preload: read a Zarr shard's per-token arrays whole when first used (see `ShardReader`).
+        cache_limit: for a URL, bytes the cache of fetched shards may hold (all datasets together);
+            least recently used shards are evicted. Default: ``$RLT_PREP_CACHE_LIMIT``, else 50 GB.
+        index: the dataset's index, when the caller has read it already (it is not read again).
     """
 
     def __init__(
-        self, root: str | Path, *, columns: Sequence[str] | None = None, verify: bool = True, preload: bool = False
+        self,
+        root: str | Path,
+        *,
+        columns: Sequence[str] | None = None,
+        verify: bool = True,
+        preload: bool = False,
+        cache_limit: int | None = None,
+        index: DatasetIndex | None = None,
     ) -> None:
-        self.root = Path(root)
+        self.root: str | Path
+        self._remote: RemoteShards | None = None
+        if is_url(root):
+            from rlt.dataset._cache import RemoteShards  # pyarrow.fs and locks: for URLs only
+
+            self._remote = RemoteShards(str(root), cache_limit=cache_limit, index=index)
+            self.root = self._remote.url
+            self.index = self._remote.index
+        else:
+            self.root = local_path(root)
+            self.index = index or read_index(self.root)
         self.preload = preload
-        self.index = read_index(self.root)
         self.columns = tuple(columns) if columns is not None else FIELDS
         unknown = [c for c in self.columns if c not in FIELDS]
         if unknown:
@@ -137,6 +184,11 @@ class TokenDataset:
     @property
     def config(self) -> dict[str, Any]:
         return self.index.config
+
+    @property
+    def remote(self) -> bool:
+        """Whether the dataset is at a URL (its shards come through the local cache)."""
+        return self._remote is not None
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -153,33 +205,64 @@ class TokenDataset:
             reader = self.shard(k)
             for row in range(info.rows):
                 yield reader.read(row, self.columns)
+            if self._remote is not None:
+                self.release(k)  # done with it: the cache may evict it
 
     def shard(self, k: int) -> ShardReader:
         """The reader of shard ``k``, verified on first use."""
         if k not in self._readers:
             info = self.shards[k]
-            folder = self.root / SHARDS / check_shard_name(info.name, self.root / INDEX, f"shards[{k}].name")
+            name = check_shard_name(info.name, f"{self.root}/{INDEX}", f"shards[{k}].name")
+            if self._remote is not None:
+                folder = self._remote.acquire(name, info.checksum, pixels="tokens" in self.columns)
+                try:
+                    self._readers[k] = self._open(folder, info, self._remote.where(name))
+                except BaseException:
+                    self._remote.release(name)
+                    raise
+                return self._readers[k]
+            folder = Path(self.root) / SHARDS / name
             if self.verify and (str(folder), info.checksum) not in _verified:
                 verify_shard(folder, info.checksum)
                 _verified.add((str(folder), info.checksum))
-            try:
-                reader = ShardReader(folder, self.storage, self.geometry, preload=self.preload)  # type: ignore[arg-type]
-            except FormatError as e:
-                raise CorruptShardError(folder, str(e).removeprefix(f"{folder}/")) from e
-            except Exception as e:  # pyarrow and zarr raise their own types for unreadable files
-                raise CorruptShardError(folder, f"unreadable ({type(e).__name__}: {e})") from e
-            if (reader.rows, reader.tokens) != (info.rows, info.tokens):
-                raise CorruptShardError(
-                    folder,
-                    f"holds {reader.rows} rows and {reader.tokens} tokens; "
-                    f"the index says {info.rows} and {info.tokens}",
-                )
-            self._readers[k] = reader
+            self._readers[k] = self._open(folder, info, str(folder))
         return self._readers[k]
 
+    def _open(self, folder: Path, info: ShardEntry, where: str) -> ShardReader:
+        """A reader of the shard in ``folder``, checked against ``info``; errors name ``where``."""
+        try:
+            reader = ShardReader(folder, self.storage, self.geometry, preload=self.preload)  # type: ignore[arg-type]
+        except FormatError as e:
+            raise CorruptShardError(where, str(e).removeprefix(f"{folder}/")) from e
+        except Exception as e:  # pyarrow and zarr raise their own types for unreadable files
+            raise CorruptShardError(where, f"unreadable ({type(e).__name__}: {e})") from e
+        if (reader.rows, reader.tokens) != (info.rows, info.tokens):
+            raise CorruptShardError(
+                where,
+                f"holds {reader.rows} rows and {reader.tokens} tokens; the index says {info.rows} and {info.tokens}",
+            )
+        return reader
+
+    def prefetch(self, shards: Iterable[int]) -> None:
+        """Starts fetching shards ``shards`` into the cache in the background, for a dataset at a URL
+        (a local dataset needs nothing). A failed fetch is left for `shard` to meet and raise."""
+        if self._remote is not None:
+            self._remote.prefetch(
+                [(self.shards[k].name, self.shards[k].checksum) for k in shards], pixels="tokens" in self.columns
+            )
+
     def release(self, k: int) -> None:
-        """Drops shard ``k``'s reader and whatever it holds in memory."""
-        self._readers.pop(k, None)
+        """Drops shard ``k``'s reader and whatever it holds in memory (and, from a URL, lets the cache
+        evict it)."""
+        if self._readers.pop(k, None) is not None and self._remote is not None:
+            self._remote.release(self.shards[k].name)
+
+    def close(self) -> None:
+        """Releases every shard and stops fetching ahead; the dataset can still be read after."""
+        for k in list(self._readers):
+            self.release(k)
+        if self._remote is not None:
+            self._remote.close()
 
     def __repr__(self) -> str:
         return (
@@ -187,6 +270,15 @@ class TokenDataset:
         )
 
 
-def open_dataset(root: str | Path, *, columns: Sequence[str] | None = None, verify: bool = True) -> TokenDataset:
-    """Opens a dataset written by `rlt-prep tokenize` (Zarr or Arrow; see FORMAT.md)."""
-    return TokenDataset(root, columns=columns, verify=verify)
+def open_dataset(
+    root: str | Path, *, columns: Sequence[str] | None = None, verify: bool = True, cache_limit: int | None = None
+) -> TokenDataset:
+    """Opens a dataset written by `rlt-prep tokenize` (Zarr or Arrow; see FORMAT.md), local or at a URL.
+
+    Args:
+        root: the dataset folder, or its URL (``s3://bucket/prefix``; see `TokenDataset`).
+        columns: the fields to read (default: all).
+        verify: check each shard's checksum when first opened.
+        cache_limit: for a URL, bytes the cache of fetched shards may hold (see `TokenDataset`).
+    """
+    return TokenDataset(root, columns=columns, verify=verify, cache_limit=cache_limit)

@@ -179,7 +179,9 @@ class ShardReader:
         wrong_shape = len(array.shape) != len(shape) or any(
             w not in (None, a) for a, w in zip(array.shape, shape, strict=True)
         )
-        if wrong_shape or (dtype is not None and array.dtype != dtype):
+        # dtype None: a string array (zarr 3 reads it as NumPy's StringDType, older ones as object)
+        wrong_dtype = array.dtype.kind not in "TUO" if dtype is None else array.dtype != dtype
+        if wrong_shape or wrong_dtype:
             want = f"{np.dtype(dtype) if dtype else 'string'} {['N' if w is None else w for w in shape]}"
             raise FormatError(self.folder / name, "", f"is {array.dtype} {list(array.shape)}, the format says {want}")
         return array
@@ -201,11 +203,16 @@ class ShardReader:
             raise fail("lengths", "list offsets must start at 0")
         if not np.array_equal(self._table.column("positions").chunk(0).offsets.to_numpy(), self._offsets):
             raise fail("positions", "its rows do not hold the same tokens as lengths")
+        for name in ("lengths", "positions"):
+            # The IPC reader does not check that list offsets stay inside the values.
+            if len(self._table.column(name).chunk(0).values) != self.tokens:
+                raise fail(name, f"its offsets end at token {self.tokens}, not at the end of its values")
         if not np.array_equal(self._table.column("num_tokens").chunk(0).to_numpy(), np.diff(self._offsets)):
             raise fail("num_tokens", "disagrees with the rows' tokens")
         for name, width in (("frame_indices", g.frames), ("padded", g.tubelets)):
-            offsets = self._table.column(name).chunk(0).offsets.to_numpy()
-            if not np.array_equal(offsets, np.arange(self.rows + 1) * width):
+            column = self._table.column(name).chunk(0)
+            expected = np.arange(self.rows + 1) * width
+            if not np.array_equal(column.offsets.to_numpy(), expected) or len(column.values) != expected[-1]:
                 raise fail(name, f"every row must hold {width} values")
 
     def _pixels(self) -> Any:
@@ -220,7 +227,8 @@ class ShardReader:
             table = _open_arrow(path, arrow_schemas(self.geometry)[1])
             if table.num_rows != self.rows:
                 raise FormatError(path, "tokens", f"{table.num_rows} rows, not {self.rows}")
-            if not np.array_equal(table.column("tokens").chunk(0).offsets.to_numpy(), self._offsets):
+            tokens = table.column("tokens").chunk(0)
+            if not np.array_equal(tokens.offsets.to_numpy(), self._offsets) or len(tokens.values) != self.tokens:
                 raise FormatError(path, "tokens", "its rows do not hold the same tokens as lengths")
             self._tokens_table = table
         return self._tokens_table
@@ -306,6 +314,12 @@ def _open_arrow(path: Path, schema: Any) -> Any:
 
     table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
     if not table.schema.equals(schema):
+        found = {field.name: field.type for field in table.schema}
+        for field in schema:
+            if field.name not in found:
+                raise FormatError(path, field.name, "the column is missing")
+            if found[field.name] != field.type:
+                raise FormatError(path, field.name, f"is {found[field.name]}, the format says {field.type}")
         raise FormatError(path, "schema", f"is\n{table.schema}\nthe format says\n{schema}")
     if table.num_rows:
         return table.combine_chunks()

@@ -64,7 +64,15 @@ class ShardWriter:
                 f"the batch's clips are {list(batch.keep.shape[1:])} tubelets x patches with {batch.tokens.shape[1]} "
                 f"values per token; this dataset's are {[g.tubelets, g.rows, g.cols]} with {g.token_dim}"
             )
-        self._batches.append(batch.to("cpu"))
+        # Tubelets of 8 frames and patches of 4 fill the same grid and token width as 2 and 8.
+        if batch.tubelet_size * g.tubelets != g.frames:
+            raise ValueError(
+                f"the batch's clips have {batch.tubelet_size * g.tubelets} frames; this dataset's have {g.frames}"
+            )
+        batch = batch.to("cpu")
+        if batch.labels is not None and batch.labels.numel() and int(batch.labels.min()) < 0:
+            raise ValueError("a clip's label is negative; the format stores class indices >= 0")
+        self._batches.append(batch)
 
     def fail(self, video: str, reason: str) -> None:
         """Records a video of the shard that gave no clips."""
@@ -80,6 +88,8 @@ class ShardWriter:
         Returns:
             The shard's meta, and whether this call committed it (False: another attempt had).
         """
+        if videos < len(self._errors):
+            raise ValueError(f"{self.name}: {len(self._errors)} videos failed, more than its {videos} videos")
         if self.folder.is_dir():
             return read_shard_meta(self.folder), False
         tmp = self.root / SHARDS / f".tmp-{self.name}-{uuid.uuid4().hex[:8]}"

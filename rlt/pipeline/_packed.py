@@ -155,12 +155,13 @@ class PackedTokens:
 
     @classmethod
     def concat(cls, batches: Sequence[PackedTokens]) -> PackedTokens:
-        """The clips of ``batches``, in order, as one batch (of the same tubelet and patch size)."""
+        """The clips of ``batches``, in order, as one batch (of the same tubelet and patch size and grid)."""
         if not batches:
             raise ValueError("concat needs at least one batch")
         first = batches[0]
-        if any((b.tubelet_size, b.patch_size) != (first.tubelet_size, first.patch_size) for b in batches):
-            raise ValueError("concat takes batches of one tubelet_size and patch_size")
+        shape = (first.tubelet_size, first.patch_size, first.keep.shape[1:], first.tokens.shape[1])
+        if any((b.tubelet_size, b.patch_size, b.keep.shape[1:], b.tokens.shape[1]) != shape for b in batches):
+            raise ValueError("concat takes batches of one tubelet_size, patch_size, grid and token width")
         cu_seqlens = [first.cu_seqlens]
         offset = first.cu_seqlens[-1]
         for b in batches[1:]:

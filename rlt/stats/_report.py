@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rlt.dataset import TokenDataset
+from rlt.dataset import FIELDS, TokenDataset
 
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
 VIT_B = {"width": 768, "layers": 12}
@@ -30,9 +30,11 @@ def vit_flops(tokens: np.ndarray, *, width: int = VIT_B["width"], layers: int = 
 def dataset_stats(root: str | Path, *, by: str | None = "label") -> dict[str, Any]:
     """The statistics report of a dataset (JSON-ready; see README "Statistics" for the schema).
 
-    Reads the per-clip and per-token metadata columns of every shard, never the token pixels.
+    Reads the per-clip and per-token metadata columns of every shard, never the token pixels. ``root``
+    may be a URL (``s3://bucket/prefix``).
     """
-    dataset = TokenDataset(root, verify=False)
+    # No tokens column: from a URL, only the shards' metadata files are fetched.
+    dataset = TokenDataset(root, columns=[c for c in FIELDS if c != "tokens"], verify=False)
     config, index = dataset.config, dataset.index
     sampling, rlt = config["sampling"], config["rlt"]
     g = sampling["num_frames"] // rlt["tubelet_size"]
@@ -60,6 +62,7 @@ def dataset_stats(root: str | Path, *, by: str | None = "label") -> dict[str, An
         videos.append(shard.column("video"))
         counts.append(shard_counts)
         padded_rows.append(padded)
+        dataset.release(k)  # from a URL: the cache may evict it
 
     counts_c = np.concatenate(counts) if counts else np.zeros(0, np.int64)
     labels_c = np.concatenate(labels) if labels else np.zeros(0, np.int64)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from rlt.dataset._remote import is_url
 from rlt.pipeline import Backend, OnlinePipeline, PackedTokens, VideoDecodeError
 from rlt.train._checkpoint import load_checkpoint
 from rlt.train._loader import TokenLoader, TokenStream
@@ -56,8 +57,8 @@ def evaluate(
 
     Args:
         checkpoint: a ``step-*.pt`` file, or a run folder (its newest checkpoint).
-        data: a dataset folder written by `rlt-prep tokenize` (its clips as stored), or a
-            ``path,label`` manifest (decoded and tokenized as the checkpoint's data was).
+        data: a dataset folder written by `rlt-prep tokenize` (its clips as stored) or its URL, or
+            a ``path,label`` manifest (decoded and tokenized as the checkpoint's data was).
         device: by default CUDA when there is one.
         max_tokens: token budget of a batch of a dataset.
         clips_per_video: with a manifest, clips per video (default: as the checkpoint's data).
@@ -67,10 +68,11 @@ def evaluate(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    data = Path(data)
     errors: list[VideoDecodeError] = []
     batches: Iterable[PackedTokens]
-    if data.is_dir():  # a dataset; read_index names what is wrong with an unfinished one
+    # A dataset (a folder, or a URL but that of a .csv manifest); read_index names what is wrong with
+    # an unfinished one.
+    if (is_url(data) and not str(data).endswith(".csv")) or Path(data).is_dir():
         _check_geometry(dataset_spec(data), spec, data)
         batches = TokenLoader(TokenStream(data, max_tokens=max_tokens, shuffle=False, rank=0, world_size=1))
     else:
@@ -110,7 +112,7 @@ def evaluate(
     )
 
 
-def _check_geometry(data: DataSpec, trained: DataSpec, where: Path) -> None:
+def _check_geometry(data: DataSpec, trained: DataSpec, where: str | Path) -> None:
     mine = (data.sampling.num_frames, data.sampling.crop, data.rlt.tubelet_size, data.rlt.patch_size)
     theirs = (trained.sampling.num_frames, trained.sampling.crop, trained.rlt.tubelet_size, trained.rlt.patch_size)
     if mine != theirs:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rlt._checks import check_choice
 from rlt.dataset import ClipRecord, CorruptShardError, TokenDataset
+from rlt.dataset._remote import is_url
 from rlt.pipeline import PackedTokens
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class TokenStream(IterableDataset):
     """An `IterableDataset` of `PackedTokens` batches over a dataset written by `rlt-prep tokenize`.
 
     Args:
-        root: the dataset folder.
+        root: the dataset folder, or its URL (``s3://bucket/prefix``: shards are fetched into a local
+            cache as the plan reaches them, see `rlt.dataset.TokenDataset`).
         max_tokens: token budget of a batch; a clip with more tokens is an error.
         shuffle: shuffle shard order and clips (through a buffer of ``shuffle_buffer`` clips).
         seed: the shuffle's seed; the order is a pure function of (seed, epoch).
@@ -68,6 +70,8 @@ class TokenStream(IterableDataset):
         drop_last: give every rank the same number of batches, the fewest any rank has, dropping the
             rest of the epoch; loops that step all ranks together (DDP, Lightning, Accelerate) hang
             when one rank runs out first.
+        prefetch: for a URL, shards fetched ahead of the reader, in the order the plan reads them.
+        cache_limit: for a URL, bytes the local cache of shards may hold (see `rlt.dataset.TokenDataset`).
     """
 
     def __init__(
@@ -82,13 +86,18 @@ class TokenStream(IterableDataset):
         world_size: int | None = None,
         on_error: OnError = "raise",
         drop_last: bool = False,
+        prefetch: int = 2,
+        cache_limit: int | None = None,
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         check_choice("on_error", on_error, ("raise", "skip"))
         if shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
-        self.root = Path(root)
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        self.root = root if is_url(root) else Path(root)
+        self.prefetch, self.cache_limit = prefetch, cache_limit
         self.max_tokens, self.shuffle, self.seed, self.shuffle_buffer = max_tokens, shuffle, seed, shuffle_buffer
         self.on_error, self.drop_last = on_error, drop_last
         self.rank, self.world_size = _rank_and_world(rank, world_size)
@@ -97,8 +106,11 @@ class TokenStream(IterableDataset):
         # Counted in the process that iterates (`TokenLoader` gathers its workers' counts).
         self.skipped_shards: list[str] = []
         self.skipped_clips = 0
-        # Metadata only: token counts per clip, read from the index's shards without hashing pixels.
-        dataset = TokenDataset(self.root, columns=["num_tokens"], verify=False)
+        # Metadata only: token counts per clip, read from the index's shards without hashing pixels
+        # (from a URL, without fetching them).
+        dataset = TokenDataset(self.root, columns=["num_tokens"], verify=False, cache_limit=cache_limit)
+        self._index = dataset.index  # read once: every epoch and worker plans from this one
+        dataset.prefetch(range(len(dataset.shards)))  # from a URL: the metadata of many shards at once
         g = dataset.geometry
         rlt = dataset.config["rlt"]
         self.grid = (g.tubelets, g.rows, g.cols)
@@ -117,6 +129,8 @@ class TokenStream(IterableDataset):
                 self.skipped_shards.append(e.shard)
                 self.skipped_clips += info.rows
                 self._counts.append(np.zeros(info.rows, dtype=np.int64))
+            dataset.release(k)
+        dataset.close()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -185,27 +199,38 @@ class TokenStream(IterableDataset):
 
     def __iter__(self) -> Iterator[PackedTokens]:
         for item in self._items():
-            self.skipped_shards += item.skipped_shards
-            self.skipped_clips += item.skipped_clips
+            self._count(item)
             if item.error is not None:
                 raise item.error
             if item.batch is not None:
                 yield item.batch
 
+    def _count(self, item: _Item) -> None:
+        """Adds what a worker skipped to this stream's counts. Every worker finds a corrupt shard on
+        its own: a shard is listed once, however many workers (or epochs) met it."""
+        self.skipped_shards += [s for s in dict.fromkeys(item.skipped_shards) if s not in self.skipped_shards]
+        self.skipped_clips += item.skipped_clips
+
     def _items(self) -> Iterator[_Item]:
         """One `_Item` per batch of the plan this process makes (all of them, or a worker's share)."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        dataset = TokenDataset(self.root, verify=True)
+        dataset = TokenDataset(self.root, verify=True, cache_limit=self.cache_limit, index=self._index)
+        try:
+            yield from self._read(dataset, worker, workers, shared=info is not None)
+        finally:
+            dataset.close()
+
+    def _read(self, dataset: TokenDataset, worker: int, workers: int, *, shared: bool) -> Iterator[_Item]:
         starts = np.cumsum([0, *self._shard_rows])
         bad = set(self._bad)
         # Shards held open: enough for the shuffle buffer's span, least recently used dropped.
         capacity = 2 + math.ceil(self.shuffle_buffer / max(min(self._shard_rows, default=1), 1))
         recent: OrderedDict[int, None] = OrderedDict()
-        for i, clips in enumerate(self.plan()):
-            # Counted from the resume point: the DataLoader asks worker 0 first, every time.
-            if i < self.start_batch or (i - self.start_batch) % workers != worker:
-                continue
+        # Counted from the resume point: the DataLoader asks worker 0 first, every time.
+        mine = self.plan()[self.start_batch :][worker::workers]
+        ahead = _fetch_order(mine, starts, self.prefetch) if dataset.remote else {}
+        for clips in mine:
             item = _Item(None)
             records = []
             for clip in clips.tolist():
@@ -213,6 +238,8 @@ class TokenStream(IterableDataset):
                 if shard in bad:
                     item.skipped_clips += 1
                     continue
+                if shard not in recent and shard in ahead:  # a shard met for the first time: fetch the next ones
+                    dataset.prefetch(ahead[shard])
                 recent[shard] = None
                 recent.move_to_end(shard)
                 if len(recent) > capacity:
@@ -228,7 +255,7 @@ class TokenStream(IterableDataset):
                     item.skipped_shards.append(e.shard)
                     item.skipped_clips += 1
             if records and item.error is None:
-                item.batch = self._collate(records, shared=info is not None)
+                item.batch = self._collate(records, shared=shared)
             yield item
             if item.error is not None:
                 return
@@ -270,6 +297,16 @@ class TokenStream(IterableDataset):
             videos=tuple(str(r.video) for r in records),
             clip_ids=tuple(int(r.clip or 0) for r in records),
         )
+
+
+def _fetch_order(batches: list[np.ndarray], starts: np.ndarray, ahead: int) -> dict[int, list[int]]:
+    """For each shard that ``batches`` read, the ``ahead`` shards they read next (by first use)."""
+    if not batches or not ahead:
+        return {}
+    shard_of = np.searchsorted(starts, np.concatenate(batches), side="right") - 1
+    _, first = np.unique(shard_of, return_index=True)
+    order = shard_of[np.sort(first)].tolist()
+    return {shard: order[k + 1 : k + 1 + ahead] for k, shard in enumerate(order)}
 
 
 class _Items(IterableDataset):
@@ -337,8 +374,7 @@ class TokenLoader:
             multiprocessing_context="spawn" if self.num_workers and torch.cuda.is_available() else None,
         )
         for item in loader:
-            self.stream.skipped_shards += item.skipped_shards
-            self.stream.skipped_clips += item.skipped_clips
+            self.stream._count(item)
             if item.error is not None:
                 raise item.error
             self._consumed += 1

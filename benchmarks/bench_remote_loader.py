@@ -1,0 +1,211 @@
+"""How fast does training read a dataset from an object store, against the same dataset on local disk?
+
+Generated 320x240 H.264 sample videos, 2 clips of 16x4 at 224 each, tokenized once into a local
+dataset (``--format``, Arrow by default) and uploaded to an S3 API on loopback (moto's server, a
+process of its own, spoken to as to AWS). Then ``--rounds`` rounds, interleaved so that a slow spell
+of the machine falls on all three, of one epoch each of `TokenLoader` (0 workers, one torch thread):
+
+  local  the local dataset (its checksums recorded, its files in the page cache: a later epoch)
+  cold   the URL with an empty cache: every shard fetched (2 ahead of the reader) and checked
+  warm   the URL again, every shard in the cache: what every later epoch of a job costs
+  store  no loader: every object of the dataset fetched from the store, 2 at a time, and dropped;
+         the ceiling of a cold epoch, set by the store (moto serves from one Python process)
+
+Each epoch's time runs from creating the `TokenStream` (which reads the index and, from a URL, the
+shards' metadata) to its last batch. Figures: tokens/s of the median round (the fastest is in the
+JSON) and the ratios of cold and warm over local (goals: >= 0.7x cold, >= 0.95x warm).
+
+    python benchmarks/bench_remote_loader.py [--videos 384] [--shard-size 64] [--rounds 5]
+        [--format arrow|zarr] [--max-tokens 16384] [--json PATH]
+
+Needs moto's server (the test extra: pip install -e '.[test]'). About 1.5 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from rlt.dataset._remote import mirror
+from rlt.pipeline import ClipSampling
+from rlt.samples import make_samples
+from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
+from rlt.train import TokenLoader, TokenStream
+
+BUCKET = "rlt-bench"
+MODES = ("local", "cold", "warm", "store")
+
+
+def start_s3(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server on 127.0.0.1, and this process's environment pointed at it (nothing else)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(folder / "moto.log", "wb")  # noqa: SIM115 (the server writes it while it runs)
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stderr=log)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto's server did not start on {endpoint}: see {folder / 'moto.log'}") from None
+            time.sleep(0.2)
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    return server, endpoint
+
+
+def upload(local: Path, url: str) -> None:
+    import boto3
+    import pyarrow.fs as pafs
+
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    fs, path = pafs.FileSystem.from_uri(url)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def read_store(url: str) -> float:
+    """Seconds to GET every object of the dataset at ``url``, two at a time (as many as the loader
+    fetches at once), keeping nothing: the most the store serves, the ceiling of a cold epoch."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(url)
+    keys = [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.type == pafs.FileType.File]
+
+    def get(key: str) -> None:
+        with fs.open_input_stream(key, compression=None) as f:
+            while f.read(8 << 20):
+                pass
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(get, keys))
+    return time.perf_counter() - start
+
+
+def epoch(root: str | Path, max_tokens: int) -> tuple[float, int, int]:
+    """Seconds, clips and tokens of one epoch, from creating the stream to its last batch."""
+    start = time.perf_counter()
+    clips = tokens = 0
+    for batch in TokenLoader(TokenStream(root, max_tokens=max_tokens, seed=0), num_workers=0, pin_memory=False):
+        clips += batch.num_clips
+        tokens += batch.num_tokens
+    return time.perf_counter() - start, clips, tokens
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{platform.node()}: {cpu}, {len(os.sched_getaffinity(0))} usable cores, {platform.platform()}, "
+        f"python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=384)
+    parser.add_argument("--shard-size", type=int, default=64, help="videos per shard (as `rlt-prep tokenize`)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--format", default="arrow")
+    parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        os.environ["RLT_PREP_CACHE"] = str(folder / "cache")  # this run's own cache
+        manifest = make_samples(folder / "videos", num_videos=args.videos)
+        local = folder / "dataset"
+        sampling = ClipSampling(clips_per_video=2)
+        config = TokenizeConfig(storage=args.format, shard_size=args.shard_size, sampling=sampling, backend="decord")  # type: ignore[arg-type]
+        summary = tokenize_dataset(manifest, local, config, workers=1)
+        server, endpoint = start_s3(folder)
+        try:
+            url = f"s3://{BUCKET}/dataset"
+            upload(local, url)
+            torch.set_num_threads(1)
+            epoch(local, args.max_tokens)  # records the local checksums, pages the files in
+            times: dict[str, list[float]] = {mode: [] for mode in MODES}
+            tokens = 0
+            for _ in range(args.rounds):
+                times["store"].append(read_store(url))
+                for mode in ("local", "cold", "warm"):
+                    if mode == "cold":
+                        shutil.rmtree(mirror(url), ignore_errors=True)
+                    seconds, clips, tokens = epoch(local if mode == "local" else url, args.max_tokens)
+                    times[mode].append(seconds)
+        finally:
+            server.terminate()
+            server.wait(10)
+
+    rate = {mode: tokens / statistics.median(t) for mode, t in times.items()}
+    best = {mode: tokens / min(t) for mode, t in times.items()}
+    figures = {
+        "machine": machine(),
+        "s3": f"moto {importlib.metadata.version('moto')} server on {endpoint} (a process of its own)",
+        "dataset": {
+            "videos": args.videos,
+            "clips": summary.clips,
+            "tokens": tokens,
+            "shards": summary.shards,
+            "bytes": summary.bytes,
+            "format": args.format,
+        },
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "seconds": times,
+        "tokens_per_s_median": rate,
+        "tokens_per_s_best": best,
+        "ratio_cold": rate["cold"] / rate["local"],
+        "ratio_warm": rate["warm"] / rate["local"],
+        "ratio_cold_to_store": rate["cold"] / rate["store"],
+    }
+    print(f"machine: {figures['machine']}")
+    print(
+        f"{args.videos} videos, {summary.clips} clips, {tokens} tokens in {summary.shards} {args.format} shards "
+        f"({summary.bytes / 1e6:.0f} MB); "
+        f"TokenLoader, 0 workers, 1 thread, max_tokens {args.max_tokens}; median of {args.rounds} rounds"
+    )
+    for mode in MODES:
+        mb = summary.bytes / statistics.median(times[mode]) / 1e6
+        print(f"{mode:>5}: {rate[mode] / 1e6:6.2f} M tokens/s, {mb:5.0f} MB/s (best {best[mode] / 1e6:.2f} M tokens/s)")
+    print(f"cold against local: {figures['ratio_cold']:.2f}x (goal >= 0.7x)")
+    print(f"warm against local: {figures['ratio_warm']:.2f}x (goal >= 0.95x)")
+    print(f"cold against what the store serves (GETs alone, 2 at a time): {figures['ratio_cold_to_store']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"JSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
