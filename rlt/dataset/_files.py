@@ -79,13 +79,19 @@ def checksum(entries: list[dict[str, Any]]) -> str:
 def _digest(path: Path) -> str:
     # XXH3-128 finds truncation and bit rot as surely as SHA-256 (it is no defence against someone
     # forging a shard), at over 10x the speed: 26 GB/s against 1.7 GB/s with SHA-NI, measured on
-    # the dev machine's EPYC core. Hashing must cost little beside reading the shard.
+    # the dev machine's EPYC core. Hashing must cost little beside reading the shard, so the file
+    # is hashed through a memory map: no copy into Python, and the pages it brings in are those a
+    # reader then maps (half the time of reading it in blocks, measured on a cold loader epoch).
+    import mmap
+
     import xxhash
 
     digest = xxhash.xxh3_128()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
+        if os.fstat(f.fileno()).st_size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                view.madvise(mmap.MADV_SEQUENTIAL)
+                digest.update(view)
     return f"{DIGEST}:{digest.hexdigest()}"
 
 

@@ -7,13 +7,14 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rlt.dataset._files import META, cache_root, checksum, file_list, write_json_atomic
+from rlt.dataset._files import META, cache_root, checksum, file_list
 from rlt.dataset._format import (
     INDEX,
     SHARDS,
@@ -54,20 +55,25 @@ class CorruptShardError(OSError):
         return (type(self), (self.shard, self.reason))
 
 
-def verify_shard(folder: Path, expected: str, *, remember: bool = True) -> None:
+def verify_shard(folder: Path, expected: str, *, remember: bool = False) -> bool:
     """Checks a shard's files against the checksum ``expected``; raises `CorruptShardError` if they differ.
 
     A shard checked before on this machine, whose files have kept their sizes and modification times
     since (a record in the cache folder, see `cache_root`), is not hashed again.
 
     Args:
-        remember: record a successful check, for the next process or run.
+        remember: record a successful check, for the next process or run. A record stands for every
+            check a reader makes, so `TokenDataset` writes it itself once the shard has also passed
+            the structure checks; a caller that checks the checksum alone leaves this off.
+
+    Returns:
+        Whether the shard had been checked before (nothing was hashed).
     """
     if not folder.is_dir():
         raise CorruptShardError(folder, "the shard folder is missing")
     stats = _file_stats(folder)
     if checked_before(folder, expected, stats):
-        return
+        return True
     try:
         recorded = read_shard_meta(folder).files
     except (OSError, FormatError) as e:
@@ -88,6 +94,7 @@ def verify_shard(folder: Path, expected: str, *, remember: bool = True) -> None:
         raise CorruptShardError(folder, "the shard's files do not match the checksum in the index")
     if remember and _file_stats(folder) == stats:  # unchanged while we hashed
         remember_check(folder, expected, stats)
+    return False
 
 
 def checked_before(folder: Path, key: str, stats: list[list[Any]] | None = None) -> bool:
@@ -103,11 +110,16 @@ def checked_before(folder: Path, key: str, stats: list[list[Any]] | None = None)
 def remember_check(folder: Path, key: str, stats: list[list[Any]] | None = None) -> None:
     """Records that ``folder``'s files, as they are now (or as ``stats``), passed the check ``key``."""
     record = _record(folder, key)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}")
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record, _file_stats(folder) if stats is None else stats)
+        # Renamed into place but not fsynced: a record lost in a crash only means hashing again.
+        tmp.write_text(json.dumps(_file_stats(folder) if stats is None else stats))
+        os.replace(tmp, record)
     except OSError as e:  # a read-only home: every process hashes again, nothing worse
         log.debug("cannot record the check of %s in %s: %s", folder, record, e)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _record(folder: Path, key: str) -> Path:
@@ -198,13 +210,12 @@ class TokenDataset:
             raise IndexError(f"row {i} out of range for {len(self)} rows")
         i %= len(self)
         shard = bisect.bisect_right(self._starts, i) - 1
-        return self.shard(shard).read(i - self._starts[shard], self.columns)
+        return self.read(shard, i - self._starts[shard])
 
     def __iter__(self) -> Iterator[ClipRecord]:
         for k, info in enumerate(self.shards):
-            reader = self.shard(k)
             for row in range(info.rows):
-                yield reader.read(row, self.columns)
+                yield self.read(k, row)
             if self._remote is not None:
                 self.release(k)  # done with it: the cache may evict it
 
@@ -222,16 +233,43 @@ class TokenDataset:
                     raise
                 return self._readers[k]
             folder = Path(self.root) / SHARDS / name
-            if self.verify and (str(folder), info.checksum) not in _verified:
-                verify_shard(folder, info.checksum)
+            checked = (str(folder), info.checksum) in _verified
+            if self.verify and not checked:
+                # The record of a check stands for the checksum and the structure both, so it is
+                # written only once the shard has passed the structure checks too.
+                checked = verify_shard(folder, info.checksum)
+            self._readers[k] = self._open(folder, info, str(folder), checked=checked)
+            if self.verify:
+                if not checked:
+                    remember_check(folder, info.checksum)
                 _verified.add((str(folder), info.checksum))
-            self._readers[k] = self._open(folder, info, str(folder))
         return self._readers[k]
 
-    def _open(self, folder: Path, info: ShardEntry, where: str) -> ShardReader:
-        """A reader of the shard in ``folder``, checked against ``info``; errors name ``where``."""
+    def read(self, k: int, row: int, columns: Sequence[str] | None = None) -> ClipRecord:
+        """Row ``row`` of shard ``k`` (the dataset's columns by default).
+
+        Raises:
+            CorruptShardError: the shard fails a check, also one made only when its pixels are first
+                read.
+        """
+        reader = self.shard(k)
         try:
-            reader = ShardReader(folder, self.storage, self.geometry, preload=self.preload)  # type: ignore[arg-type]
+            return reader.read(row, self.columns if columns is None else columns)
+        except FormatError as e:
+            where = self._remote.where(self.shards[k].name) if self._remote is not None else str(reader.folder)
+            raise CorruptShardError(where, str(e).removeprefix(f"{reader.folder}/")) from e
+
+    def _open(self, folder: Path, info: ShardEntry, where: str, *, checked: bool = False) -> ShardReader:
+        """A reader of the shard in ``folder``, checked against ``info``; errors name ``where``.
+        ``checked``: its files passed every check before (the scans of its values are skipped)."""
+        try:
+            reader = ShardReader(
+                folder,
+                self.storage,  # type: ignore[arg-type]
+                self.geometry,
+                preload=self.preload,
+                scan=not checked,
+            )
         except FormatError as e:
             raise CorruptShardError(where, str(e).removeprefix(f"{folder}/")) from e
         except Exception as e:  # pyarrow and zarr raise their own types for unreadable files

@@ -135,19 +135,24 @@ class ShardReader:
     and every run inside the clip. A shard that fails raises `FormatError` naming the file and field.
 
     Args:
+        scan: scan the per-token values (positions, run lengths, labels); off for a shard whose
+            unchanged files passed every check before.
         preload: for Zarr, decompress the per-token arrays (tokens, positions, lengths) whole on
             first use and serve rows from memory; without it a read decompresses only the chunks
             holding its rows. Arrow is memory-mapped and needs no preloading.
     """
 
-    def __init__(self, folder: Path, storage: Storage, geometry: Geometry, *, preload: bool = False) -> None:
+    def __init__(
+        self, folder: Path, storage: Storage, geometry: Geometry, *, preload: bool = False, scan: bool = True
+    ) -> None:
         self.folder, self.storage, self.geometry, self.preload = folder, storage, geometry, preload
         self._cache: dict[str, np.ndarray] = {}
         if storage == "zarr":
             self._open_zarr()
         else:
             self._open_arrow()
-        self._check_tokens()
+        if scan:
+            self._check_tokens()
 
     def _open_zarr(self) -> None:
         import zarr

@@ -245,7 +245,7 @@ class TokenStream(IterableDataset):
                 if len(recent) > capacity:
                     dataset.release(recent.popitem(last=False)[0])
                 try:
-                    records.append(dataset.shard(shard).read(clip - int(starts[shard]), dataset.columns))
+                    records.append(dataset.read(shard, clip - int(starts[shard])))
                 except CorruptShardError as e:
                     if self.on_error == "raise":
                         item.error = e
@@ -261,41 +261,53 @@ class TokenStream(IterableDataset):
                 return
 
     def _collate(self, rows: list[ClipRecord], *, shared: bool) -> PackedTokens:
-        """The clips of ``rows`` packed into one batch; in shared memory for a worker to hand over."""
+        """The clips of ``rows`` packed into one batch; in shared memory for a worker to hand over.
+
+        Every tensor of the batch is a view of one buffer: a worker allocates one shared-memory
+        segment per batch, not one per tensor (each costs a file in /dev/shm and a descriptor).
+        """
         records: list[Any] = rows  # read with every field
         counts = np.array([r.num_tokens for r in records], dtype=np.int64)
         n, b = int(counts.sum()), len(records)
-
-        def filled(parts: list[Any], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-            out = torch.empty(shape, dtype=dtype)
-            if shared:
-                out.share_memory_()
-            if parts and out.numel():
-                np.concatenate(parts, out=out.numpy())
-            return out
-
-        tokens = filled([r.tokens for r in records], (n, records[0].tokens.shape[1]), torch.uint8)
-        positions = filled([r.positions for r in records], (n, 3), torch.int64)
-        lengths = filled([r.lengths for r in records], (n,), torch.int64)
-        cu_seqlens = torch.zeros(b + 1, dtype=torch.int32)
-        cu_seqlens[1:] = torch.from_numpy(np.cumsum(counts))
-        keep = np.zeros((b, *self.grid), dtype=np.bool_)
-        clip_N = np.repeat(np.arange(b), counts)
-        p = positions.numpy()
-        keep[clip_N, p[:, 0], p[:, 1], p[:, 2]] = True
+        g, h, w = self.grid
+        frames = g * self.tubelet_size
+        layout = [  # name, shape, dtype: 8-byte types first, so every view is aligned
+            ("positions", (n, 3), torch.int64),
+            ("lengths", (n,), torch.int64),
+            ("labels", (b,), torch.int64),
+            ("frame_indices", (b, frames), torch.int64),
+            ("cu_seqlens", (b + 1,), torch.int32),
+            ("tokens", (n, records[0].tokens.shape[1]), torch.uint8),
+            ("keep", (b, g, h, w), torch.bool),
+            ("padded", (b, g), torch.bool),
+        ]
+        sizes = [math.prod(shape) * dtype.itemsize for _, shape, dtype in layout]
+        buffer = torch.empty(sum(-(-size // 8) * 8 for size in sizes), dtype=torch.uint8)
+        if shared:
+            buffer.share_memory_()
+        views: dict[str, torch.Tensor] = {}
+        offset = 0
+        for (name, shape, dtype), size in zip(layout, sizes, strict=True):
+            views[name] = buffer[offset : offset + size].view(dtype).view(shape)
+            offset += -(-size // 8) * 8
+        for name in ("positions", "lengths", "tokens"):
+            if n:
+                np.concatenate([getattr(r, name) for r in records], out=views[name].numpy())
+        views["labels"].numpy()[:] = [r.label for r in records]
+        np.stack([r.frame_indices for r in records], out=views["frame_indices"].numpy())
+        np.stack([r.padded for r in records], out=views["padded"].numpy())
+        views["cu_seqlens"].numpy()[0] = 0
+        np.cumsum(counts, out=views["cu_seqlens"].numpy()[1:], dtype=np.int32)
+        keep = views["keep"].numpy()
+        keep[:] = False
+        p = views["positions"].numpy()
+        keep[np.repeat(np.arange(b), counts), p[:, 0], p[:, 1], p[:, 2]] = True
         return PackedTokens(
-            tokens=tokens,
-            positions=positions,
-            lengths=lengths,
-            cu_seqlens=cu_seqlens,
-            keep=torch.from_numpy(keep),
             tubelet_size=self.tubelet_size,
             patch_size=self.patch_size,
-            labels=torch.tensor([r.label for r in records], dtype=torch.int64),
-            padded=torch.from_numpy(np.stack([r.padded for r in records]).astype(np.bool_)),
-            frame_indices=torch.from_numpy(np.stack([r.frame_indices for r in records]).astype(np.int64)),
             videos=tuple(str(r.video) for r in records),
             clip_ids=tuple(int(r.clip or 0) for r in records),
+            **views,
         )
 
 
