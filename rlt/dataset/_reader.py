@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -192,6 +193,10 @@ class TokenDataset:
         self.shards: list[ShardEntry] = list(self.index.shards)
         self._starts = np.cumsum([0] + [s.rows for s in self.shards]).tolist()
         self._readers: dict[int, ShardReader] = {}
+        # A local dataset's checks of the shards the reader comes to next, hashed on a thread
+        # meanwhile (see `prefetch`).
+        self._checks: dict[int, Future[bool]] = {}
+        self._checker: ThreadPoolExecutor | None = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -237,7 +242,8 @@ class TokenDataset:
             if self.verify and not checked:
                 # The record of a check stands for the checksum and the structure both, so it is
                 # written only once the shard has passed the structure checks too.
-                checked = verify_shard(folder, info.checksum)
+                pending = self._checks.pop(k, None)
+                checked = pending.result() if pending is not None else verify_shard(folder, info.checksum)
             self._readers[k] = self._open(folder, info, str(folder), checked=checked)
             if self.verify:
                 if not checked:
@@ -282,12 +288,24 @@ class TokenDataset:
         return reader
 
     def prefetch(self, shards: Iterable[int]) -> None:
-        """Starts fetching shards ``shards`` into the cache in the background, for a dataset at a URL
-        (a local dataset needs nothing). A failed fetch is left for `shard` to meet and raise."""
+        """Starts getting shards ``shards`` ready in the background: fetched into the cache for a
+        dataset at a URL, their checksums computed on a thread for a local one (so that hashing the
+        next shard overlaps reading this one). A failure is left for `shard` to meet and raise."""
         if self._remote is not None:
             self._remote.prefetch(
                 [(self.shards[k].name, self.shards[k].checksum) for k in shards], pixels="tokens" in self.columns
             )
+            return
+        if not self.verify:
+            return
+        for k in shards:
+            info = self.shards[k]
+            folder = Path(self.root) / SHARDS / check_shard_name(info.name, f"{self.root}/{INDEX}", f"shards[{k}].name")
+            if k in self._readers or k in self._checks or (str(folder), info.checksum) in _verified:
+                continue
+            if self._checker is None:
+                self._checker = ThreadPoolExecutor(1, thread_name_prefix="rlt-check")
+            self._checks[k] = self._checker.submit(verify_shard, folder, info.checksum)
 
     def release(self, k: int) -> None:
         """Drops shard ``k``'s reader and whatever it holds in memory (and, from a URL, lets the cache
@@ -301,6 +319,9 @@ class TokenDataset:
             self.release(k)
         if self._remote is not None:
             self._remote.close()
+        if self._checker is not None:  # no thread may hash on while a DataLoader forks its workers
+            self._checker.shutdown(wait=True, cancel_futures=True)
+            self._checker, self._checks = None, {}
 
     def __repr__(self) -> str:
         return (

@@ -264,7 +264,7 @@ class ShardReader:
             if name not in self._cache:
                 self._cache[name] = (self._pixels() if name == "tokens" else self._arrays[name])[:]
             return self._cache[name]
-        return self._arrow_values(name, 0, self.rows)
+        return self._arrow_values(name)
 
     def read(self, row: int, fields: Sequence[str]) -> ClipRecord:
         start, end = int(self._offsets[row]), int(self._offsets[row + 1])
@@ -274,7 +274,7 @@ class ShardReader:
                 values[name] = end - start
             elif name in ("positions", "lengths", "tokens"):
                 if self.storage == "arrow":
-                    values[name] = self._arrow_values(name, row, row + 1)
+                    values[name] = self._arrow_values(name)[start:end]
                 elif self.preload or name in self._cache:
                     values[name] = self.column(name)[start:end]
                 else:
@@ -282,7 +282,7 @@ class ShardReader:
             elif self.storage == "zarr":
                 values[name] = self.column(name)[row]
             else:
-                values[name] = self._arrow_values(name, row, row + 1)[0]
+                values[name] = self._arrow_values(name)[row]
         for name in ("label", "clip"):
             if name in values:
                 values[name] = int(values[name])
@@ -290,26 +290,33 @@ class ShardReader:
             values["video"] = str(values["video"])
         return ClipRecord(**values)
 
-    def _arrow_values(self, name: str, start: int, end: int) -> np.ndarray:
+    def _arrow_values(self, name: str) -> np.ndarray:
+        """A whole Arrow column as numpy, per token ([N, ...]) or per row ([R, ...]): views of the
+        memory-mapped file where Arrow's layout allows (all but strings and bits), made once per
+        shard, so that reading a clip is slicing arrays."""
+        if name in self._cache:
+            return self._cache[name]
         table = self._pixels() if name == "tokens" else self._table
         column = table.column(name).chunk(0)
-        if name in ("video",):
-            return np.array(column.slice(start, end - start).to_pylist(), dtype=object)
-        if name in ("label", "clip", "num_tokens"):
-            return column.slice(start, end - start).to_numpy()
-        # List columns: slice the flat values by the list offsets, without copying.
-        offsets = column.offsets.to_numpy()
-        lo, hi = int(offsets[start]), int(offsets[end])
-        flat = column.values
-        if name in ("positions", "tokens"):
-            width = flat.type.list_size
-            return (
-                flat.values.slice(lo * width, (hi - lo) * width).to_numpy(zero_copy_only=False).reshape(hi - lo, width)
-            )
-        values = flat.slice(lo, hi - lo).to_numpy(zero_copy_only=False)
-        if name in ("frame_indices", "padded"):
-            g = self.geometry
-            return values.reshape(end - start, g.frames if name == "frame_indices" else g.tubelets)
+        if name == "video":
+            values = np.array(column.to_pylist(), dtype=object)
+        elif name in ("label", "clip", "num_tokens"):
+            values = column.to_numpy()
+        else:
+            # List columns: the flat values, whose list offsets start at 0 (checked on opening).
+            offsets = column.offsets.to_numpy()
+            n = int(offsets[-1])
+            flat = column.values
+            if name in ("positions", "tokens"):
+                width = flat.type.list_size
+                values = flat.values.slice(0, n * width).to_numpy(zero_copy_only=False).reshape(n, width)
+            else:
+                values = flat.slice(0, n).to_numpy(zero_copy_only=False)
+                if name in ("frame_indices", "padded"):
+                    g = self.geometry
+                    values = values.reshape(self.rows, g.frames if name == "frame_indices" else g.tubelets)
+        values.flags.writeable = False  # rows handed out are views of it
+        self._cache[name] = values
         return values
 
 

@@ -70,7 +70,8 @@ class TokenStream(IterableDataset):
         drop_last: give every rank the same number of batches, the fewest any rank has, dropping the
             rest of the epoch; loops that step all ranks together (DDP, Lightning, Accelerate) hang
             when one rank runs out first.
-        prefetch: for a URL, shards fetched ahead of the reader, in the order the plan reads them.
+        prefetch: shards made ready ahead of the reader, in the order the plan reads them: fetched
+            from a URL, or their checksums computed on a thread for a local dataset.
         cache_limit: for a URL, bytes the local cache of shards may hold (see `rlt.dataset.TokenDataset`).
     """
 
@@ -229,7 +230,7 @@ class TokenStream(IterableDataset):
         recent: OrderedDict[int, None] = OrderedDict()
         # Counted from the resume point: the DataLoader asks worker 0 first, every time.
         mine = self.plan()[self.start_batch :][worker::workers]
-        ahead = _fetch_order(mine, starts, self.prefetch) if dataset.remote else {}
+        ahead = _fetch_order(mine, starts, self.prefetch)
         for clips in mine:
             item = _Item(None)
             records = []
@@ -238,7 +239,7 @@ class TokenStream(IterableDataset):
                 if shard in bad:
                     item.skipped_clips += 1
                     continue
-                if shard not in recent and shard in ahead:  # a shard met for the first time: fetch the next ones
+                if shard not in recent and shard in ahead:  # met for the first time: ready the next ones
                     dataset.prefetch(ahead[shard])
                 recent[shard] = None
                 recent.move_to_end(shard)
