@@ -679,7 +679,9 @@ def section(title: str) -> str:
 
 def table(title: str) -> list[list[str]]:
     """The rows of the first markdown table of a section of FORMAT.md, cells stripped of backticks."""
-    lines = [line for line in section(title).splitlines() if line.startswith("|")]
+    text = section(title)
+    first = text[text.index("\n|") + 1 :].split("\n\n", 1)[0]  # the lines of its first table alone
+    lines = [line for line in first.splitlines() if line.startswith("|")]
     return [[cell.strip().strip("`") for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
