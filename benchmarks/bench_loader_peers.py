@@ -75,6 +75,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pagecache import drop_page_cache  # benchmarks/pagecache.py, beside this script
 from torch.utils.data import DataLoader
 
 from rlt.dataset import open_dataset
@@ -289,17 +290,6 @@ def write_peers(source: Path, out: Path, clips: int, per_shard: int, mean_bytes:
 
 
 # --- the loaders under test ---------------------------------------------------------------------------
-
-
-def drop_page_cache(folder: Path) -> None:
-    """Asks the kernel to forget a folder's file pages (no root needed; mapped pages stay)."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 class Loader:

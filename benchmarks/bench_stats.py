@@ -13,28 +13,18 @@ checksums.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+
+from pagecache import drop_page_cache  # benchmarks/pagecache.py, beside this script
 
 from rlt.dataset import TokenDataset
 from rlt.pipeline import ClipSampling
 from rlt.samples import make_samples
 from rlt.stats import dataset_stats
 from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
-
-
-def drop_page_cache(root: Path) -> None:
-    """Asks the kernel to forget the dataset's pages, as for a dataset larger than memory."""
-    for path in root.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def best_of(fn, repeats: int = 3, before=None) -> float:

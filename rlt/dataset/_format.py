@@ -143,34 +143,25 @@ class ShardEntry:
 
 
 @dataclass(frozen=True)
-class ShardMeta:
-    """A shard's ``meta.json``: what it holds and the files that hold it.
+class ShardMeta(ShardEntry):
+    """A shard's ``meta.json``: what the index lists of it, and the files that hold it.
 
     Attributes:
         rows: clips. tokens: kept tokens. dense_tokens: tokens with none dropped.
         videos: the shard's videos, failed ones included. failed: those that gave no clips.
+        bytes: the data files' total size. checksum: `rlt.dataset.checksum` over ``files``.
         errors: the failed videos and why. decoder: the decoder chain that read the videos.
-        files: each data file (``meta.json`` aside). bytes: their total size.
-        checksum: `rlt.dataset.checksum` over ``files``.
+        files: each data file (``meta.json`` aside).
     """
 
-    name: str
-    rows: int
-    tokens: int
-    dense_tokens: int
-    videos: int
-    failed: int
     errors: tuple[FailedVideo, ...]
     decoder: str
     files: tuple[FileEntry, ...]
-    bytes: int
-    checksum: str
 
     @property
     def entry(self) -> ShardEntry:
-        return ShardEntry(
-            self.name, self.rows, self.tokens, self.dense_tokens, self.videos, self.failed, self.bytes, self.checksum
-        )
+        """What ``index.json`` lists of this shard."""
+        return ShardEntry(**{name: getattr(self, name) for name in ShardEntry.__dataclass_fields__})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
