@@ -231,11 +231,15 @@ class TokenDataset:
             name = check_shard_name(info.name, f"{self.root}/{INDEX}", f"shards[{k}].name")
             if self._remote is not None:
                 folder = self._remote.acquire(name, info.checksum, pixels="tokens" in self.columns)
+                # A cached copy is checked against its checksum whenever it is fetched; its values
+                # are scanned once per process.
+                key = (str(folder), info.checksum)
                 try:
-                    self._readers[k] = self._open(folder, info, self._remote.where(name))
+                    self._readers[k] = self._open(folder, info, self._remote.where(name), checked=key in _verified)
                 except BaseException:
                     self._remote.release(name)
                     raise
+                _verified.add(key)
                 return self._readers[k]
             folder = Path(self.root) / SHARDS / name
             checked = (str(folder), info.checksum) in _verified
