@@ -29,6 +29,22 @@ def test_images_install_the_readme_way_as_a_user(name: str) -> None:
     assert 'ENTRYPOINT ["rlt-prep"]' in text
 
 
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
+def test_the_user_owns_the_folders_it_writes(name: str) -> None:
+    # WORKDIR creates a missing folder owned by root, and COPY --chown leaves the folder's owner
+    # alone: the user's `python3 -m venv .venv` then fails with "Permission denied" (seen with a
+    # real Docker daemon). Each WORKDIR must be made, owned by the user, before it is entered.
+    lines = [line.strip() for line in (ROOT / "docker" / name).read_text().splitlines()]
+    user = next(i for i, line in enumerate(lines) if line == "USER rlt")
+    for i, line in enumerate(lines):
+        if line.startswith("WORKDIR "):
+            folder = line.split(maxsplit=1)[1]
+            owned = re.compile(rf"install -d -o rlt -g rlt .*{re.escape(folder)}\b")
+            made = [before for before in lines[:i] if owned.search(before)]
+            assert made, f"{name}: {folder} must be created owned by rlt before WORKDIR {folder}"
+    assert all(not line.startswith("WORKDIR ") for line in lines[user:]), "WORKDIR after USER would be root's"
+
+
 def test_gpu_image_matches_the_dali_wheel() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     base = re.search(r"^FROM nvidia/cuda:(\d+)\.", (ROOT / "docker" / "Dockerfile").read_text(), re.M)
