@@ -15,7 +15,7 @@ from rlt._checks import check_choice
 from rlt.dataset._files import open_atomic
 from rlt.dataset._format import FORMAT, FORMAT_VERSION
 from rlt.dataset._reader import TokenDataset, open_dataset
-from rlt.dataset._storage import ShardReader, arrow_schemas
+from rlt.dataset._storage import ShardReader, arrow_arrays, arrow_schemas
 
 ExportFormat = Literal["parquet", "arrow-stream"]
 EXPORT_FORMATS = ("parquet", "arrow-stream")
@@ -103,35 +103,15 @@ def _schema(dataset: TokenDataset) -> Any:
 
 
 def _shard_table(reader: ShardReader, schema: Any) -> Any:
-    """One shard's rows as an Arrow table of ``schema``."""
+    """One shard's rows as an Arrow table of ``schema``, built as the Arrow storage builds its files."""
     import pyarrow as pa
 
-    rows = reader.rows
-    if rows == 0:
+    if reader.rows == 0:
         return schema.empty_table()
-    # Row r owns tokens offsets[r]:offsets[r+1] of the per-token columns. int32 offsets suffice:
-    # they count a shard's tokens, not its bytes.
-    offsets = pa.array(np.concatenate([[0], np.cumsum(reader.column("num_tokens"))]).astype(np.int32))
-    arrays = []
-    for field in schema:
-        values = reader.column(field.name)
-        if field.name == "video":
-            arrays.append(pa.array([str(v) for v in values], type=field.type))
-        elif not pa.types.is_list(field.type):
-            arrays.append(pa.array(values, type=field.type))
-        elif field.name in ("frame_indices", "padded"):  # [R, width], one list per row
-            starts = pa.array(np.arange(rows + 1, dtype=np.int32) * values.shape[1])
-            arrays.append(pa.ListArray.from_arrays(starts, pa.array(values.reshape(-1), type=field.type.value_type)))
-        else:  # per token: [N] or [N, width], one list of N per row
-            item = field.type.value_type
-            if pa.types.is_fixed_size_list(item):
-                flat = pa.FixedSizeListArray.from_arrays(
-                    pa.array(values.reshape(-1), type=item.value_type), values.shape[1]
-                )
-            else:
-                flat = pa.array(values, type=item)
-            arrays.append(pa.ListArray.from_arrays(offsets, flat))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    offsets = np.concatenate([[0], np.cumsum(reader.column("num_tokens"), dtype=np.int64)])
+    columns = {"token_offsets": offsets} | {f.name: reader.column(f.name) for f in schema if f.name != "num_tokens"}
+    arrays = arrow_arrays(columns, reader.geometry)
+    return pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
 
 
 def _write(table: Any, path: Path, format: ExportFormat) -> None:

@@ -64,40 +64,47 @@ def _write_zarr(folder: Path, columns: dict[str, np.ndarray]) -> None:
 def _write_arrow(folder: Path, columns: dict[str, np.ndarray], geometry: Geometry) -> None:
     import pyarrow as pa
 
-    token_dim = geometry.token_dim
     if columns["token_offsets"][-1] > np.iinfo(np.int32).max:
         raise ValueError(f"{folder}: an Arrow shard holds at most 2**31 - 1 tokens; lower shard_size")
-    offsets = pa.array(columns["token_offsets"].astype(np.int32))
-    rows = len(columns["label"])
+    arrays = arrow_arrays(columns, geometry)
+    for name, schema in zip((ARROW_FILE, ARROW_TOKENS_FILE), arrow_schemas(geometry), strict=True):
+        table = pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
+        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            writer.write_table(table)
 
-    def fixed_lists(values: np.ndarray, width: int, item: pa.DataType) -> pa.Array:
-        inner = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=item), width)
-        return pa.ListArray.from_arrays(offsets, inner)
 
-    def per_row(values: np.ndarray, item: pa.DataType) -> pa.Array:
-        width = values.shape[1]
-        return pa.ListArray.from_arrays(
-            pa.array(np.arange(rows + 1, dtype=np.int32) * width), pa.array(values.reshape(-1), type=item)
-        )
+def arrow_arrays(columns: dict[str, np.ndarray], geometry: Geometry) -> dict[str, Any]:
+    """The Arrow arrays (FORMAT.md's types) of a shard's numpy columns, as `ShardWriter` makes them:
+    ``token_offsets`` and any of the fields, per row ([R, ...]) or per token ([N, ...]). Gives
+    ``num_tokens`` too. The offsets are int32: they count a shard's tokens, not its bytes."""
+    import pyarrow as pa
 
-    clips_schema, tokens_schema = arrow_schemas(geometry)
-    table = pa.table(
-        {
-            "video": pa.array(columns["video"].tolist(), type=pa.string()),
-            "label": pa.array(columns["label"]),
-            "clip": pa.array(columns["clip"]),
-            "frame_indices": per_row(columns["frame_indices"], pa.int32()),
-            "padded": per_row(columns["padded"], pa.bool_()),
-            "num_tokens": pa.array(np.diff(columns["token_offsets"]).astype(np.int32)),
-            "positions": fixed_lists(columns["positions"], 3, pa.int16()),
-            "lengths": pa.ListArray.from_arrays(offsets, pa.array(columns["lengths"], type=pa.int16())),
-        },
-        schema=clips_schema,
-    )
-    tokens = pa.table({"tokens": fixed_lists(columns["tokens"], token_dim, pa.uint8())}, schema=tokens_schema)
-    for name, part in ((ARROW_FILE, table), (ARROW_TOKENS_FILE, tokens)):
-        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_file(sink, part.schema) as writer:
-            writer.write_table(part)
+    types = {field.name: field.type for schema in arrow_schemas(geometry) for field in schema}
+    token_offsets = columns["token_offsets"]
+    offsets = pa.array(token_offsets.astype(np.int32))
+    rows = len(token_offsets) - 1
+    arrays = {"num_tokens": pa.array(np.diff(token_offsets).astype(np.int32))}
+    for name, values in columns.items():
+        kind = types.get(name)
+        if kind is None:  # token_offsets
+            continue
+        if name == "video":
+            arrays[name] = pa.array(values.tolist(), type=kind)
+        elif not pa.types.is_list(kind):
+            arrays[name] = pa.array(values, type=kind)
+        elif name in ("frame_indices", "padded"):  # [R, width]: one list per row
+            starts = pa.array(np.arange(rows + 1, dtype=np.int32) * values.shape[1])
+            arrays[name] = pa.ListArray.from_arrays(starts, pa.array(values.reshape(-1), type=kind.value_type))
+        else:  # per token, [N] or [N, width]: one list of N per row
+            item = kind.value_type
+            if pa.types.is_fixed_size_list(item):
+                flat = pa.FixedSizeListArray.from_arrays(
+                    pa.array(values.reshape(-1), type=item.value_type), item.list_size
+                )
+            else:
+                flat = pa.array(values, type=item)
+            arrays[name] = pa.ListArray.from_arrays(offsets, flat)
+    return arrays
 
 
 def expected_files(storage: Storage) -> set[str]:
