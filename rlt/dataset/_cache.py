@@ -85,7 +85,7 @@ def read_remote_index(url: str, store: Store | None = None) -> DatasetIndex:
     store = store or Store(url)
     where = store.where(INDEX)
     try:
-        data = _read(store, INDEX)
+        data = store.read_bytes(INDEX)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{where} does not exist: {store.url} is not a finished rlt-prep dataset (a job that did not "
@@ -239,7 +239,7 @@ class RemoteShards:
         """The shard's ``meta.json`` from the store, checked against the index's checksum."""
         where, relative = self.where(name), f"{SHARDS}/{name}/{META}"
         try:
-            raw = _read(self.store, relative)
+            raw = self.store.read_bytes(relative)
         except FileNotFoundError:
             raise CorruptShardError(where, f"{META} is missing: the shard is not committed in the store") from None
         try:
@@ -341,12 +341,6 @@ def evict(limit: int, *, keep: Path | None = None) -> int:
     if total > limit:
         log.debug("the shard cache holds %d bytes, over its limit of %d: the rest is in use", total, limit)
     return total
-
-
-def _read(store: Store, relative: str) -> bytes:
-    """A small object, whole; FileNotFoundError if there is none."""
-    with store.fs.open_input_stream(store.key(relative), compression=None) as f:
-        return bytes(f.read())
 
 
 def _key(kind: Kind, expected: str) -> str:

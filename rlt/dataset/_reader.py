@@ -70,11 +70,20 @@ def verify_shard(folder: Path, expected: str, *, remember: bool = False) -> bool
     Returns:
         Whether the shard had been checked before (nothing was hashed).
     """
+    hashed = _hash_check(folder, expected)
+    if remember and hashed is not None:
+        remember_check(folder, expected, hashed)
+    return hashed is None
+
+
+def _hash_check(folder: Path, expected: str) -> list[list[Any]] | None:
+    """`verify_shard`'s check: None if a record spared it, else the files' stats as hashed, for the
+    record to hold (files changed since then fail the next comparison and are hashed again)."""
     if not folder.is_dir():
         raise CorruptShardError(folder, "the shard folder is missing")
     stats = _file_stats(folder)
     if checked_before(folder, expected, stats):
-        return True
+        return None
     try:
         recorded = read_shard_meta(folder).files
     except (OSError, FormatError) as e:
@@ -93,9 +102,7 @@ def verify_shard(folder: Path, expected: str, *, remember: bool = False) -> bool
             if found["digest"] != entry.digest:
                 raise CorruptShardError(folder, f"{entry.path} does not match its checksum (altered)")
         raise CorruptShardError(folder, "the shard's files do not match the checksum in the index")
-    if remember and _file_stats(folder) == stats:  # unchanged while we hashed
-        remember_check(folder, expected, stats)
-    return False
+    return stats
 
 
 def checked_before(folder: Path, key: str, stats: list[list[Any]] | None = None) -> bool:
@@ -195,7 +202,7 @@ class TokenDataset:
         self._readers: dict[int, ShardReader] = {}
         # A local dataset's checks of the shards the reader comes to next, hashed on a thread
         # meanwhile (see `prefetch`).
-        self._checks: dict[int, Future[bool]] = {}
+        self._checks: dict[int, Future[list[list[Any]] | None]] = {}
         self._checker: ThreadPoolExecutor | None = None
 
     @property
@@ -242,16 +249,17 @@ class TokenDataset:
                 _verified.add(key)
                 return self._readers[k]
             folder = Path(self.root) / SHARDS / name
-            checked = (str(folder), info.checksum) in _verified
+            checked, hashed = (str(folder), info.checksum) in _verified, None
             if self.verify and not checked:
-                # The record of a check stands for the checksum and the structure both, so it is
-                # written only once the shard has passed the structure checks too.
                 pending = self._checks.pop(k, None)
-                checked = pending.result() if pending is not None else verify_shard(folder, info.checksum)
+                hashed = pending.result() if pending is not None else _hash_check(folder, info.checksum)
+                checked = hashed is None
             self._readers[k] = self._open(folder, info, str(folder), checked=checked)
             if self.verify:
-                if not checked:
-                    remember_check(folder, info.checksum)
+                if hashed is not None:
+                    # The record of a check stands for the checksum and the structure both, so it
+                    # is written only once the shard has passed the structure checks too.
+                    remember_check(folder, info.checksum, hashed)
                 _verified.add((str(folder), info.checksum))
         return self._readers[k]
 
@@ -303,13 +311,17 @@ class TokenDataset:
         if not self.verify:
             return
         for k in shards:
-            info = self.shards[k]
-            folder = Path(self.root) / SHARDS / check_shard_name(info.name, f"{self.root}/{INDEX}", f"shards[{k}].name")
-            if k in self._readers or k in self._checks or (str(folder), info.checksum) in _verified:
+            folder, expected = self._folder(k), self.shards[k].checksum
+            if k in self._readers or k in self._checks or (str(folder), expected) in _verified:
                 continue
             if self._checker is None:
                 self._checker = ThreadPoolExecutor(1, thread_name_prefix="rlt-check")
-            self._checks[k] = self._checker.submit(verify_shard, folder, info.checksum)
+            self._checks[k] = self._checker.submit(_hash_check, folder, expected)
+
+    def _folder(self, k: int) -> Path:
+        """Where shard ``k`` of a local dataset lies; its name from the index checked first."""
+        name = check_shard_name(self.shards[k].name, f"{self.root}/{INDEX}", f"shards[{k}].name")
+        return Path(self.root) / SHARDS / name
 
     def release(self, k: int) -> None:
         """Drops shard ``k``'s reader and whatever it holds in memory (and, from a URL, lets the cache

@@ -83,19 +83,21 @@ class Store:
         return self.size(relative) is not None
 
     def read_bytes(self, relative: str) -> bytes:
-        if not self.exists(relative):
-            raise FileNotFoundError(f"{self.where(relative)} does not exist")
-        with self.fs.open_input_stream(self.key(relative)) as f:
-            return bytes(f.read())
+        """A small object, whole, in one request; FileNotFoundError naming its URL if there is none."""
+        try:
+            with self.fs.open_input_stream(self.key(relative), compression=None) as f:
+                return bytes(f.read())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.where(relative)} does not exist") from None
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         """One object, whole (an object store shows the new object whole or not at all)."""
-        with self.fs.open_output_stream(self.key(relative)) as f:
+        with self.fs.open_output_stream(self.key(relative), compression=None) as f:
             f.write(data)
 
     def upload(self, local: Path, relative: str) -> None:
         """Copies a local file to ``relative`` and confirms the object is there with its size."""
-        with open(local, "rb") as src, self.fs.open_output_stream(self.key(relative)) as dst:
+        with open(local, "rb") as src, self.fs.open_output_stream(self.key(relative), compression=None) as dst:
             shutil.copyfileobj(src, dst, length=8 << 20)
         expected = local.stat().st_size
         found = self.size(relative)
@@ -103,7 +105,7 @@ class Store:
             raise OSError(f"{self.where(relative)}: uploaded {expected} bytes, the store holds {found}")
 
     def download(self, relative: str, local: Path) -> None:
-        with self.fs.open_input_stream(self.key(relative)) as src, open(local, "wb") as dst:
+        with self.fs.open_input_stream(self.key(relative), compression=None) as src, open(local, "wb") as dst:
             shutil.copyfileobj(src, dst, length=8 << 20)
 
     def objects(self, relative: str) -> list[tuple[str, int]]:

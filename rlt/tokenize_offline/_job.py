@@ -14,7 +14,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -187,15 +187,9 @@ def _run_job(
                     on_progress(counts)
             _write_index(output, plan, specs, config)
             _remove_leftovers(output.local)
-    totals = output.read_index().totals
     return JobSummary(
         out=output.local if output.store is None else output.name,
-        videos=totals.videos,
-        failed=totals.failed,
-        clips=totals.clips,
-        tokens=totals.tokens,
-        dense_tokens=totals.dense_tokens,
-        bytes=totals.bytes,
+        **asdict(output.read_index().totals),
         shards=len(specs),
         shards_written=written,
         seconds=time.perf_counter() - started,

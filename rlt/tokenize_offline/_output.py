@@ -100,9 +100,7 @@ class Output:
             self.store.upload(self.local / INDEX, INDEX)
 
     def read_index(self) -> DatasetIndex:
-        if self.store:
-            return DatasetIndex.from_dict(json.loads(self.store.read_bytes(INDEX)), self.store.where(INDEX))
-        return read_index(self.local)
+        return read_index(self.name)  # a local path, or the URL
 
     def forget(self, names: list[str]) -> None:
         """Removes committed shards, so that the run writes them again (the index goes first)."""
