@@ -117,11 +117,11 @@ class TokenStream(IterableDataset):
         self.grid = (g.tubelets, g.rows, g.cols)
         self.tubelet_size, self.patch_size = int(rlt["tubelet_size"]), int(rlt["patch_size"])
         self._shard_rows = [s.rows for s in dataset.shards]
-        self._counts = []
+        counts: list[np.ndarray] = []
         self._bad: set[int] = set()
         for k, info in enumerate(dataset.shards):
             try:
-                self._counts.append(dataset.shard(k).column("num_tokens").astype(np.int64))
+                counts.append(dataset.shard(k).column("num_tokens").astype(np.int64))
             except CorruptShardError as e:
                 if on_error == "raise":
                     raise
@@ -129,9 +129,11 @@ class TokenStream(IterableDataset):
                 self._bad.add(k)
                 self.skipped_shards.append(e.shard)
                 self.skipped_clips += info.rows
-                self._counts.append(np.zeros(info.rows, dtype=np.int64))
+                counts.append(np.zeros(info.rows, dtype=np.int64))
             dataset.release(k)
         dataset.close()
+        self._starts = np.cumsum([0, *self._shard_rows])  # shard k owns clips starts[k]:starts[k+1]
+        self._clip_tokens = np.concatenate(counts) if counts else np.zeros(0, np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -142,17 +144,15 @@ class TokenStream(IterableDataset):
         epoch = self.epoch if epoch is None else epoch
         order = self._order(epoch)
         if self._bad:
-            starts = np.cumsum([0, *self._shard_rows])
-            shard_of = np.searchsorted(starts, order, side="right") - 1
+            shard_of = np.searchsorted(self._starts, order, side="right") - 1
             order = order[~np.isin(shard_of, list(self._bad))]
-        counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
-        batches = self._pack(order[self.rank :: self.world_size], counts)
-        if self.drop_last and self.world_size > 1:
-            fewest = min(len(self._pack(order[r :: self.world_size], counts)) for r in range(self.world_size))
-            batches = batches[:fewest]
-        return batches
+        if not (self.drop_last and self.world_size > 1):
+            return self._pack(order[self.rank :: self.world_size])
+        ranks = [self._pack(order[r :: self.world_size]) for r in range(self.world_size)]
+        return ranks[self.rank][: min(len(batches) for batches in ranks)]
 
-    def _pack(self, order: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    def _pack(self, order: np.ndarray) -> list[np.ndarray]:
+        counts = self._clip_tokens
         batches: list[np.ndarray] = []
         current: list[int] = []
         used = 0
@@ -177,7 +177,7 @@ class TokenStream(IterableDataset):
         return len(self.plan())
 
     def _order(self, epoch: int) -> np.ndarray:
-        starts = np.cumsum([0, *self._shard_rows])
+        starts = self._starts
         shards = np.arange(len(self._shard_rows))
         if not self.shuffle:
             return np.arange(starts[-1], dtype=np.int64)
@@ -223,7 +223,7 @@ class TokenStream(IterableDataset):
             dataset.close()
 
     def _read(self, dataset: TokenDataset, worker: int, workers: int, *, shared: bool) -> Iterator[_Item]:
-        starts = np.cumsum([0, *self._shard_rows])
+        starts = self._starts
         bad = set(self._bad)
         # Shards held open: enough for the shuffle buffer's span, least recently used dropped.
         capacity = 2 + math.ceil(self.shuffle_buffer / max(min(self._shard_rows, default=1), 1))
