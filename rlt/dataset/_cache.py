@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import re
@@ -44,7 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
 from rlt.dataset._files import DIGEST, META, cache_root, checksum
-from rlt.dataset._format import INDEX, SHARDS, DatasetIndex, FileEntry, FormatError, ShardMeta
+from rlt.dataset._format import INDEX, SHARDS, DatasetIndex, FileEntry, ShardMeta, parse_json
 from rlt.dataset._reader import CorruptShardError, checked_before, remember_check
 from rlt.dataset._remote import Store, mirror
 from rlt.dataset._storage import ARROW_TOKENS_FILE
@@ -91,11 +90,7 @@ def read_remote_index(url: str, store: Store | None = None) -> DatasetIndex:
             f"{where} does not exist: {store.url} is not a finished rlt-prep dataset (a job that did not "
             f"finish writes no index; run `rlt-prep tokenize` again to complete it)"
         ) from None
-    try:
-        values = json.loads(data)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise FormatError(where, "", f"not valid JSON ({e})") from e
-    return DatasetIndex.from_dict(values, where)
+    return DatasetIndex.from_dict(parse_json(data, where), where)
 
 
 class RemoteShards:
@@ -231,7 +226,7 @@ class RemoteShards:
             return None
         try:
             raw = (folder / META).read_bytes()
-            return folder, ShardMeta.from_dict(json.loads(raw), folder / META), raw
+            return folder, ShardMeta.from_dict(parse_json(raw, folder / META), folder / META), raw
         except (OSError, ValueError):  # evicted meanwhile
             return None
 
@@ -243,7 +238,7 @@ class RemoteShards:
         except FileNotFoundError:
             raise CorruptShardError(where, f"{META} is missing: the shard is not committed in the store") from None
         try:
-            meta = ShardMeta.from_dict(json.loads(raw), self.store.where(relative))
+            meta = ShardMeta.from_dict(parse_json(raw, self.store.where(relative)), self.store.where(relative))
         except ValueError as e:  # FormatError, JSONDecodeError, UnicodeDecodeError
             raise CorruptShardError(where, f"unreadable {META} ({e})") from e
         if meta.checksum != expected or checksum([asdict(f) for f in meta.files]) != expected:

@@ -381,8 +381,13 @@ def read_plan(root: Path) -> dict[str, Any] | None:
 
 
 def _read_json(path: Path) -> Any:
+    return parse_json(path.read_bytes(), path)
+
+
+def parse_json(data: bytes, path: str | Path) -> Any:
+    """A metadata file's JSON, read from a disk or a store; `FormatError` naming ``path`` if it is not."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(data.decode())
     except UnicodeDecodeError as e:
         raise FormatError(path, "", f"not UTF-8 text ({e})") from e
     except json.JSONDecodeError as e:

@@ -29,6 +29,7 @@ from rlt.dataset import (
     write_index,
     write_json_atomic,
 )
+from rlt.dataset._format import parse_json
 from rlt.dataset._remote import Store, is_url, local_path, mirror
 
 ERRORS = "errors.jsonl"
@@ -57,8 +58,9 @@ class Output:
 
     def meta(self, name: str) -> ShardMeta:
         if self.store:
-            where = f"{SHARDS}/{name}/{META}"
-            return ShardMeta.from_dict(json.loads(self.store.read_bytes(where)), self.store.where(where))
+            relative = f"{SHARDS}/{name}/{META}"
+            url = self.store.where(relative)
+            return ShardMeta.from_dict(parse_json(self.store.read_bytes(relative), url), url)
         return read_shard_meta(shard_folder(self.local, name))
 
     def committed_names(self) -> list[str]:
