@@ -105,7 +105,10 @@ def read_manifest(path: str | Path) -> Manifest:
         path = Path(path)
         base = path.parent
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
+        why = "is not a file" if path.exists() else "does not exist"
+        if path.is_symlink() and not path.exists():
+            why = "is a broken symlink or a symlink loop"
+        raise FileNotFoundError(f"manifest {path} {why}")
     records = _read_records(path)
     numbers, classes = _number_labels(path, records)
     rows = tuple(

@@ -233,7 +233,9 @@ def _extend_plan(
         if row.video in seen:
             raise ValueError(f"{manifest.path}: video {row.video!r} appears twice")
         seen.add(row.video)
-        resolved = row.path if isinstance(row.path, str) else str(row.path.resolve())
+        # os.path.realpath, not Path.resolve: a symlink loop is then a video that fails to open
+        # (recorded in errors.jsonl) instead of a RuntimeError that stops the job.
+        resolved = row.path if isinstance(row.path, str) else os.path.realpath(row.path)
         identity = _identity(resolved)
         if row.video not in planned:
             new.append([row.video, resolved, row.label, *identity])

@@ -61,13 +61,23 @@ def find_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"no checkpoint at {path} (expected a step-*.pt file, or a folder holding them)")
 
 
+def read_weights(path: Path) -> Any:
+    """``torch.load`` of a file of tensors and plain values (never arbitrary pickle), on the CPU.
+
+    Raises:
+        ValueError: naming the file, when it is not such a file (torch's unpickler raises many
+            kinds of errors on damaged or foreign bytes).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, IndexError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Loads a checkpoint on the CPU, tensors and plain values only; names the file when it is bad."""
     path = find_checkpoint(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({e})") from e
+    state = read_weights(path)
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         version = state.get("version") if isinstance(state, dict) else None
         raise ValueError(f"{path}: checkpoint version {version!r} is not {CHECKPOINT_VERSION}")

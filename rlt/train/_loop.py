@@ -35,7 +35,14 @@ import torch.nn.functional as F
 from rlt._checks import check_choice
 from rlt.dataset import open_atomic
 from rlt.pipeline import Backend, ClipSampling, RLTConfig
-from rlt.train._checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlt.train._checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    read_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from rlt.train._model import PRESETS, VideoViT, load_videomae_state_dict
 from rlt.train._optim import WarmupCosine, param_groups
 from rlt.train._sources import Source, offline_source, online_source
@@ -399,7 +406,7 @@ def _sum_over_ranks(values: list[Any], world: int, device: torch.device) -> list
 
 
 def _load_init(model: VideoViT, path: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_weights(path)
     for key in ("model", "module", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -409,7 +416,10 @@ def _load_init(model: VideoViT, path: Path) -> None:
     skipped = [k for k in ("head.weight", "head.bias") if k in state and state[k].shape != own[k].shape]
     state = {k: v for k, v in state.items() if k not in skipped}
     state.update({k: own[k] for k in skipped})
-    load_videomae_state_dict(model, state, strict=True)
+    try:
+        load_videomae_state_dict(model, state, strict=True)
+    except ValueError as e:
+        raise ValueError(f"--init {path}: {e}") from e
     if skipped:
         log.info("initialised from %s; the head was not loaded (%s)", path, "another number of classes")
 

@@ -223,6 +223,15 @@ def load_videomae_state_dict(model: VideoViT, state: Mapping[str, torch.Tensor],
             continue
         else:
             mapped[key] = value
+    own = model.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} (the model's: {tuple(own[k].shape)})"
+        for k, v in mapped.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if wrong:
+        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise ValueError(f"the weights are of another model shape: {', '.join(wrong[:3])}{more}")
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     if strict and (missing or unexpected):
         raise ValueError(f"state dict does not fit: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
