@@ -1,8 +1,15 @@
-"""docker/: the images install the project the README's way; compose.yaml is a valid cluster."""
+"""docker/: the images install the project the README's way; compose.yaml is a valid cluster.
+
+With a Docker daemon running, the CPU image is built for real and runs `rlt-prep demo`. Without a
+registry, RLT_PREP_DOCKER_BASE names a local base image (Debian with python3-venv, e.g. made with
+debootstrap and `docker import`) and RLT_PREP_DOCKER_TORCH a CPU torch wheel for it (else the first
+`torch-*+cpu-cp311-*.whl` in pip's find-links, PIP_FIND_LINKS, is taken).
+"""
 
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -12,6 +19,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
+DOCKERFILES = ["Dockerfile", "Dockerfile.cpu"]
+# How an install step takes the CA bundle given with `--secret id=pip_cert,src=...`: the file exists
+# only while that RUN runs, under a mount (nothing of it is written to a layer).
+PIP_CERT_SECRET = "if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi"
 
 
 def readme_setup() -> str:
@@ -21,15 +32,79 @@ def readme_setup() -> str:
     return demo.rsplit(" && ", 1)[0]
 
 
-@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
+def instructions(name: str) -> list[str]:
+    """The Dockerfile's instructions, one string each: continuation lines joined, comments dropped."""
+    found, current = [], ""
+    for line in (ROOT / "docker" / name).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1].strip() + " "
+        else:
+            found.append(current + line)
+            current = ""
+    assert not current, f"{name} ends inside a continued line"
+    return found
+
+
+def run_command(instruction: str) -> str:
+    """The shell command of a RUN instruction, without its --mount (or other) flags."""
+    words = instruction.split(" ")
+    assert words[0] == "RUN"
+    start = 1
+    while words[start].startswith("--"):
+        start += 1
+    return " ".join(words[start:])
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
 def test_images_install_the_readme_way_as_a_user(name: str) -> None:
     text = (ROOT / "docker" / name).read_text()
-    assert f"RUN {readme_setup()}" in text
+    setup = readme_setup()
+    commands = [run_command(i) for i in instructions(name) if i.startswith("RUN ")]
+    # The README's command verbatim, with at most the CA bundle of a TLS-intercepting proxy in scope.
+    assert setup in commands or f"{PIP_CERT_SECRET} && {setup}" in commands, commands
     assert re.search(r"^USER rlt$", text, re.M), "the image must not run as root"
     assert 'ENTRYPOINT ["rlt-prep"]' in text
 
 
-@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
+def test_the_cpu_image_defaults_to_python_slim_and_pytorchs_cpu_index() -> None:
+    # The overrides (a local base, local wheels) are for builds without a registry; a plain
+    # `docker build` still takes the public images and PyTorch's CPU build.
+    found = instructions("Dockerfile.cpu")
+    assert "ARG BASE=python:3.11-slim" in found
+    assert "ARG WHEELS=scratch" in found
+    assert 'ARG TORCH="torch --index-url https://download.pytorch.org/whl/cpu"' in found
+    assert found.index("FROM ${BASE}") > found.index("FROM ${WHEELS} AS wheels")
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_no_layer_holds_a_certificate(name: str) -> None:
+    # A proxy's CA bundle comes in as a BuildKit secret, mounted for the RUN steps that install: a
+    # COPY, ADD or ENV of it would keep it (or a path to a file that is not there) in the image.
+    found = instructions(name)
+    uid = re.search(r"useradd .*--uid (\d+) rlt", " ".join(found))
+    assert uid, "the user's uid must be fixed, for the secret's owner"
+    mount = f"--mount=type=secret,id=pip_cert,uid={uid.group(1)}"
+    pip_runs = 0
+    for instruction in found:
+        keyword = instruction.split(" ", 1)[0]
+        if keyword in ("COPY", "ADD"):
+            assert not re.search(r"cert|\.crt\b|\.pem\b|secret", instruction, re.I), instruction
+        if keyword == "ENV":
+            assert not re.search(r"CERT|CA_BUNDLE", instruction), instruction
+        # /run/secrets is named only by the one line that points pip at the mounted file.
+        if "/run/secrets" in instruction or "PIP_CERT" in instruction:
+            assert keyword == "RUN" and mount in instruction, instruction
+            assert "secrets" not in run_command(instruction).replace(PIP_CERT_SECRET, ""), instruction
+        if keyword == "RUN" and "pip install" in instruction:
+            pip_runs += 1
+            assert mount in instruction and run_command(instruction).startswith(f"{PIP_CERT_SECRET} && ")
+    assert pip_runs
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
 def test_the_user_owns_the_folders_it_writes(name: str) -> None:
     # WORKDIR creates a missing folder owned by root, and COPY --chown leaves the folder's owner
     # alone: the user's `python3 -m venv .venv` then fails with "Permission denied" (seen with a
@@ -47,7 +122,9 @@ def test_the_user_owns_the_folders_it_writes(name: str) -> None:
 
 def test_gpu_image_matches_the_dali_wheel() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
-    base = re.search(r"^FROM nvidia/cuda:(\d+)\.", (ROOT / "docker" / "Dockerfile").read_text(), re.M)
+    found = instructions("Dockerfile")
+    assert "FROM ${BASE}" in found
+    base = next((re.match(r"ARG BASE=nvidia/cuda:(\d+)\.", i) for i in found if i.startswith("ARG BASE=")), None)
     assert base, "the GPU image must build on a CUDA runtime base"
     assert f"nvidia-dali-cuda{base.group(1)}0" in pyproject
 
@@ -88,3 +165,80 @@ def test_compose_refuses_to_start_without_a_ray_token() -> None:
     result = compose("config", token=None)
     assert result.returncode != 0
     assert "set RAY_AUTH_TOKEN" in result.stderr
+
+
+def docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def buildkit_build() -> list[str]:
+    """A command that builds with BuildKit (the images' RUN --mount needs it), or skips the test.
+
+    `docker buildx build --load` where the buildx plugin is installed; else a docker CLI older than
+    23 (Debian 12's docker.io), whose own BuildKit client DOCKER_BUILDKIT=1 turns on.
+    """
+    if docker("buildx", "version").returncode == 0:
+        return ["docker", "buildx", "build", "--load"]
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        cli = Path(folder) / "docker"
+        if not (cli.is_file() and os.access(cli, os.X_OK)):
+            continue
+        version = subprocess.run([cli, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True)
+        major = re.match(r"(\d+)\.", version.stdout.strip())
+        if major and int(major.group(1)) < 23:
+            return [str(cli), "build"]
+    pytest.skip("no BuildKit client: install the docker buildx plugin (Debian: docker-buildx, from trixie on)")
+
+
+def local_torch_wheel() -> Path | None:
+    """RLT_PREP_DOCKER_TORCH, else a CPU torch wheel for the image's Python 3.11 in pip's find-links."""
+    if os.environ.get("RLT_PREP_DOCKER_TORCH"):
+        return Path(os.environ["RLT_PREP_DOCKER_TORCH"])
+    if platform.machine() != "x86_64":
+        return None
+    for folder in os.environ.get("PIP_FIND_LINKS", "").split():
+        wheels = sorted(Path(folder).glob("torch-*+cpu-cp311-cp311-manylinux*_x86_64.whl"))
+        if wheels:
+            return wheels[-1]
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_cpu_image_builds_and_runs_the_demo(tmp_path: Path) -> None:
+    if shutil.which("docker") is None or docker("info").returncode != 0:
+        pytest.skip("no Docker daemon (docker info fails)")
+    build = buildkit_build()
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    args = ["-f", str(ROOT / "docker" / "Dockerfile.cpu"), "-t", "rlt-prep:cpu-test", "--progress=plain"]
+    if os.environ.get("RLT_PREP_DOCKER_BASE"):
+        args += ["--build-arg", f"BASE={os.environ['RLT_PREP_DOCKER_BASE']}"]
+    # The build's pip trusts what the host's pip trusts: the CA bundle goes in as a build secret.
+    cert = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+    if cert and Path(cert).is_file():
+        args += ["--secret", f"id=pip_cert,src={cert}"]
+    wheel = local_torch_wheel()
+    if wheel is not None:
+        # The wheel reaches the build as an image of its own, mounted at /wheels (see Dockerfile.cpu).
+        context = tmp_path / "wheels"
+        context.mkdir()
+        try:
+            os.link(wheel, context / wheel.name)
+        except OSError:
+            shutil.copy(wheel, context / wheel.name)
+        (context / "Dockerfile").write_text(f"FROM scratch\nCOPY {wheel.name} /\n")
+        made = subprocess.run(
+            [*build, "-t", "rlt-prep-wheels:test", str(context)], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+        args += ["--build-arg", "WHEELS=rlt-prep-wheels:test", "--build-arg", f"TORCH=/wheels/{wheel.name}"]
+
+    built = subprocess.run([*build, *args, str(ROOT)], capture_output=True, text=True, env=env, timeout=2400)
+    assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-5000:]
+
+    # Ray's object store lives in /dev/shm (compose.yaml gives the nodes 2 GB too).
+    demo = docker("run", "--rm", "--shm-size=2g", "rlt-prep:cpu-test", "demo", timeout=900)
+    assert demo.returncode == 0, demo.stdout[-5000:] + demo.stderr[-5000:]
+    assert "read back with rlt.open_dataset: 16 clips, checksums verified" in demo.stdout
+    assert "eval on the training clips" in demo.stdout
+    assert re.search(r"done in [\d.]+s", demo.stdout.strip().splitlines()[-1]), demo.stdout[-2000:]
