@@ -9,22 +9,27 @@ import torch
 from torch import nn
 
 from rlt import run_length_tokenize
-from rlt.train import PRESETS, VideoViT, load_videomae_state_dict, tiny, vit_b
+from rlt.train import PRESETS, VideoViT, load_videomae_state_dict, sinusoid_table, tiny, vit_b
 from tests.clips import batch
 from tests.conftest import DEVICES
 
 
-def model_and_batch(run_lengths: bool = False) -> tuple[VideoViT, object]:
+def model_and_batch(run_lengths: bool = False, **options: object) -> tuple[VideoViT, object]:
     torch.manual_seed(0)
-    config = tiny(5, num_frames=8, image_size=32, patch_size=8, run_length_embedding=run_lengths)
+    config = tiny(5, num_frames=8, image_size=32, patch_size=8, run_length_embedding=run_lengths, **options)
     clips = torch.from_numpy(batch(["moving_square", "jitter", "static"], seed=1, t=8, h=32, w=32))
     return VideoViT(config).eval(), run_length_tokenize(clips, patch_size=8)
 
 
+# The options other checkpoints bring (tests/test_weights.py): the first token's norm for pooling,
+# layer scale, the RLT authors' learned run-length table.
+OTHER_MODELS = {"pooling": "first", "layer_scale": True, "learned_length_embedding": True}
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("run_lengths", [False, True])
-def test_a_packed_batch_gives_each_clip_its_own_logits(device: str, run_lengths: bool) -> None:
-    model, packed = model_and_batch(run_lengths)
+@pytest.mark.parametrize("run_lengths, options", [(False, {}), (True, {}), (False, OTHER_MODELS)])
+def test_a_packed_batch_gives_each_clip_its_own_logits(device: str, run_lengths: bool, options: dict) -> None:
+    model, packed = model_and_batch(run_lengths, **options)
     model, packed = model.to(device), packed.to(device)
     with torch.no_grad():
         together = model(packed.tokens, packed.positions, packed.lengths, packed.cu_seqlens)
@@ -61,7 +66,7 @@ def test_videomae_state_dict_loads_and_its_tubelet_embedding_is_preserved() -> N
     state = {f"module.{k}": v for k, v in source.state_dict().items() if not k.startswith("patch_embed")}
     state["module.patch_embed.proj.weight"] = conv.weight.detach().clone()
     state["module.patch_embed.proj.bias"] = conv.bias.detach().clone()
-    state["module.pos_embed"] = torch.zeros(1, 4 * 4 * 4, config.width)
+    state["module.pos_embed"] = sinusoid_table(4 * 4 * 4, config.width)[None]  # fixed: VideoMAE's table
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
@@ -82,7 +87,9 @@ def test_videomae_state_dict_loads_and_its_tubelet_embedding_is_preserved() -> N
     for key in ("blocks.1.attn.q_bias", "head.weight", "fc_norm.bias"):
         torch.testing.assert_close(model.state_dict()[key], source.state_dict()[key])
     with pytest.raises(ValueError, match="unexpected"):
-        load_videomae_state_dict(model, {**loaded, "decoder.weight": torch.zeros(1)})
+        load_videomae_state_dict(model, {**loaded, "blocks.0.extra": torch.zeros(1)})
+    with pytest.raises(ValueError, match="pos_embed is learned"):
+        load_videomae_state_dict(model, {**loaded, "module.pos_embed": torch.zeros(1, 4 * 4 * 4, config.width)})
 
 
 def test_presets_have_videomae_dimensions() -> None:

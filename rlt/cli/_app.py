@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rlt.dataset import open_dataset
@@ -143,7 +144,8 @@ def _bad_input_exits() -> Iterator[None]:
     # ConfigMismatchError is a ValueError; OutputLockedError, CorruptShardError and a full or
     # read-only disk are OSErrors, whose messages name the file.
     except (ValueError, OSError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        # One line, however long the paths in it, and never read as rich markup.
+        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(code=2) from e
 
 
@@ -356,7 +358,16 @@ def train_command(
     workers: Annotated[int, typer.Option(help="loader processes")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 100,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its newest checkpoint")] = False,
-    init: Annotated[Path | None, typer.Option(help="start from a VideoMAE-style state dict")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="start from these weights: a Hugging Face VideoMAE folder (config.json, model.safetensors) or "
+            "its .safetensors file; a VideoMAE / VideoMAE-v2 .pth as their scripts save it; the RLT authors' "
+            "checkpoints; a run folder or step-*.pt of rlt-prep train. They must be of --preset's width, depth "
+            "and heads; they set the layer-norm epsilons, pooling, layer scale and learned length embedding. A "
+            "head for another number of classes, or none, is started afresh"
+        ),
+    ] = None,
     num_frames: Annotated[int, typer.Option(help="--online: frames per clip")] = 16,
     frame_interval: Annotated[int, typer.Option(help="--online: frames between a clip's frames")] = 4,
     size: Annotated[int, typer.Option(help="--online: short side and centre crop")] = 224,
@@ -478,22 +489,44 @@ def eval_command(
 
 @app.command()
 def export(
-    dataset: Annotated[Path, typer.Argument(help="a dataset written by `rlt-prep tokenize`")],
-    out: Annotated[Path, typer.Argument(help="new folder for the files, one per shard")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="a dataset written by `rlt-prep tokenize`; with --format hf, a run folder or step-*.pt file of "
+            "`rlt-prep train`"
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="new folder for the files")],
     format: Annotated[
         str,
         typer.Option(
-            "--format", help="parquet (zstd: DuckDB, Polars, Spark) | arrow-stream (Arrow IPC streams: HF datasets)"
+            "--format",
+            help="a dataset's rows: parquet (zstd: DuckDB, Polars, Spark) | arrow-stream (Arrow IPC streams: HF "
+            "datasets); a trained model: hf (a transformers VideoMAEForVideoClassification folder)",
         ),
     ],
     columns: Annotated[str | None, typer.Option(help="comma-separated fields to write (default: all)")] = None,
 ) -> None:
-    """Writes a dataset's rows as Parquet or Arrow IPC stream files, one per shard, for other tools."""
+    """Writes a dataset's rows as Parquet or Arrow IPC stream files, one per shard, for other tools; or a
+    trained model as a Hugging Face VideoMAE checkpoint (--format hf)."""
     from rlt.dataset import export_dataset
+    from rlt.train import export_hf
 
+    is_dataset = (source / "index.json").is_file()
     with _bad_input_exits():
+        if format == "hf":
+            if is_dataset or columns is not None:
+                raise ValueError(
+                    f"{source}: --format hf exports a trained model (a run folder or a step-*.pt file), not a "
+                    "dataset's rows"
+                )
+            export_hf(source, out)
+            console.print(f"exported {source} as a Hugging Face VideoMAE model in {out}", soft_wrap=True)
+            return
+        if not is_dataset and (source.suffix == ".pt" or (source / "ckpt").is_dir()):
+            raise ValueError(f"{source} is a training run: export a model with --format hf")
         summary = export_dataset(
-            dataset,
+            source,
             out,
             format=format,  # type: ignore[arg-type]
             columns=[c.strip() for c in columns.split(",")] if columns is not None else None,

@@ -8,7 +8,6 @@ from rlt.train._model import (
     PRESETS,
     VideoViT,
     ViTConfig,
-    load_videomae_state_dict,
     packed_attention,
     sinusoid_table,
     tiny,
@@ -18,11 +17,13 @@ from rlt.train._model import (
     vit_s,
 )
 from rlt.train._optim import WarmupCosine, param_groups
+from rlt.train._weights import PretrainedWeights, export_hf, load_videomae_state_dict, read_pretrained
 
 __all__ = [
     "PRESETS",
     "STATE_VERSION",
     "EvalResult",
+    "PretrainedWeights",
     "TokenLoader",
     "TokenStream",
     "TrainConfig",
@@ -31,12 +32,14 @@ __all__ = [
     "VideoViT",
     "WarmupCosine",
     "evaluate",
+    "export_hf",
     "find_checkpoint",
     "load_checkpoint",
     "load_model",
     "load_videomae_state_dict",
     "packed_attention",
     "param_groups",
+    "read_pretrained",
     "sinusoid_table",
     "tiny",
     "train",

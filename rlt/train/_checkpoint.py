@@ -8,6 +8,7 @@ it): ``version``, ``step``, ``model`` (its state dict), ``model_config``, ``trai
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import random
 import re
@@ -22,6 +23,8 @@ from rlt.dataset import open_atomic
 
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"step-(\d+)\.pt")
+# What torch's weights-only unpickler names when it refuses a class or function.
+_PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -64,13 +67,26 @@ def find_checkpoint(path: str | Path) -> Path:
 def read_weights(path: Path) -> Any:
     """``torch.load`` of a file of tensors and plain values (never arbitrary pickle), on the CPU.
 
+    ``argparse.Namespace`` is the one class allowed beyond torch's own list: VideoMAE's and
+    VideoMAE-v2's fine-tuning scripts save their ``args`` in every checkpoint they write.
+
     Raises:
         ValueError: naming the file, when it is not such a file (torch's unpickler raises many
-            kinds of errors on damaged or foreign bytes).
+            kinds of errors on damaged or foreign bytes), or when it pickles anything else.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, IndexError, KeyError, TypeError) as e:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False, which would run the file's code: name what it holds.
+        found = _PICKLED_GLOBAL.search(str(e))
+        if found:
+            raise ValueError(
+                f"{path} pickles {found.group(1)}, which is not loaded: only tensors, plain values and "
+                "argparse.Namespace are (a checkpoint is never unpickled as arbitrary code)"
+            ) from e
+        raise ValueError(f"{path} is not a readable checkpoint (UnpicklingError: {e})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, IndexError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
 
 

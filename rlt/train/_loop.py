@@ -24,7 +24,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,14 +38,14 @@ from rlt.pipeline import Backend, ClipSampling, RLTConfig
 from rlt.train._checkpoint import (
     list_checkpoints,
     load_checkpoint,
-    read_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from rlt.train._model import PRESETS, VideoViT, load_videomae_state_dict
+from rlt.train._model import PRESETS, VideoViT, ViTConfig
 from rlt.train._optim import WarmupCosine, param_groups
 from rlt.train._sources import Source, offline_source, online_source
+from rlt.train._weights import PretrainedWeights, read_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,8 @@ def train(
     model = VideoViT(model_config)
     dense_per_clip = math.prod(model_config.grid)  # tokens of a clip with none dropped
     if init is not None:
-        _load_init(model, Path(init))
+        model = _load_init(model, Path(init), config.preset)
+        model_config = model.config
     model.to(device)
     ddp = None
     if world > 1:
@@ -405,23 +406,33 @@ def _sum_over_ranks(values: list[Any], world: int, device: torch.device) -> list
     return flat.tolist()
 
 
-def _load_init(model: VideoViT, path: Path) -> None:
-    state = read_weights(path)
-    for key in ("model", "module", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    own = model.state_dict()
-    # A new task's head has another shape: keep ours, load the rest.
-    skipped = [k for k in ("head.weight", "head.bias") if k in state and state[k].shape != own[k].shape]
-    state = {k: v for k, v in state.items() if k not in skipped}
-    state.update({k: own[k] for k in skipped})
+def _load_init(model: VideoViT, path: Path, preset: str) -> VideoViT:
+    """The model to train, started from the weights at ``path`` (any layout `read_pretrained` reads).
+
+    They must be of the preset's architecture; they set its layer-norm epsilons, pooling, layer scale
+    and learned length embedding. A head for another number of classes, or none, stays ours.
+    """
+    weights = read_pretrained(path)
     try:
-        load_videomae_state_dict(model, state, strict=True)
+        config = weights.config_for(model.config, what=f"--preset {preset}")
     except ValueError as e:
-        raise ValueError(f"--init {path}: {e}") from e
-    if skipped:
-        log.info("initialised from %s; the head was not loaded (%s)", path, "another number of classes")
+        fitting = [name for name, make in PRESETS.items() if _fits(weights, model.config, make(1))]
+        raise ValueError(f"{e}: pass --preset {' or '.join(fitting)}" if fitting else str(e)) from e
+    if config != model.config:
+        model = VideoViT(config)
+    kept = weights.load_into(model)
+    if kept:
+        log.info("initialised from %s, but for %s (theirs are for another task, or absent)", path, ", ".join(kept))
+    return model
+
+
+def _fits(weights: PretrainedWeights, config: ViTConfig, preset: ViTConfig) -> bool:
+    """Whether ``weights`` are of ``preset``'s architecture."""
+    try:
+        weights.config_for(replace(config, width=preset.width, depth=preset.depth, heads=preset.heads))
+    except ValueError:
+        return False
+    return True
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -3,27 +3,47 @@
 Shape legend: N tokens of a packed batch, B clips, D values per token (ts*p*p*C), d model width,
 H heads, G x h x w the full token grid of a clip.
 
-Key names mirror VideoMAE's fine-tuning model (blocks.i.attn.qkv / q_bias / v_bias, fc_norm, head),
-so its checkpoints load with one change: the Conv3d tubelet embedding becomes a linear map of the
-stored token pixels (see `load_videomae_state_dict`).
+Key names mirror VideoMAE's fine-tuning model (blocks.i.attn.qkv / q_bias / v_bias, gamma_1 / gamma_2,
+norm or fc_norm, head), so its checkpoints load with one change: the Conv3d tubelet embedding becomes
+a linear map of the stored token pixels. `rlt.train._weights` reads them, and the other layouts users
+download.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlt._checks import check_choice
 from rlt.pipeline import IMAGENET_MEAN, IMAGENET_STD
+
+Pooling = Literal["mean", "first"]
 
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Model shape. Presets: `tiny`, `vit_s`, `vit_b`, `vit_l`, `vit_h`."""
+    """Model shape. Presets: `tiny`, `vit_s`, `vit_b`, `vit_l`, `vit_h`.
+
+    The fields after ``run_length_embedding`` are VideoMAE's or off by default; other checkpoints set
+    them (`rlt.train.read_pretrained`):
+
+    Attributes:
+        run_length_embedding: add a fixed sinusoid of each token's run length (the run's choice).
+        norm_eps: epsilon of the blocks' layer norms and of ``norm`` (Hugging Face's configs: 1e-12).
+        fc_norm_eps: epsilon of ``fc_norm`` (Hugging Face's VideoMAE: 1e-5, whatever its config says).
+        pooling: ``"mean"`` over each clip's tokens, then ``fc_norm``; or ``"first"``: ``norm``, then
+            the clip's first token (VideoMAE without ``use_mean_pooling``; RLT always keeps the first
+            tubelet, and tokens are in grid order, so that is position (0, 0, 0)).
+        layer_scale: per-channel ``gamma_1`` / ``gamma_2`` on each block's two branches (VideoMAE's
+            ``init_values > 0``), starting at 1.
+        learned_length_embedding: add ``length_embed[length - 1]``, a learned ``[1, G, d]`` table (the
+            RLT authors' ``use_length_embed``).
+    """
 
     width: int
     depth: int
@@ -36,8 +56,16 @@ class ViTConfig:
     patch_size: int = 16
     channels: int = 3
     run_length_embedding: bool = False
+    norm_eps: float = 1e-6
+    fc_norm_eps: float = 1e-6
+    pooling: Pooling = "mean"
+    layer_scale: bool = False
+    learned_length_embedding: bool = False
 
     def __post_init__(self) -> None:
+        check_choice("pooling", self.pooling, ("mean", "first"))
+        if self.run_length_embedding and self.learned_length_embedding:
+            raise ValueError("run_length_embedding and learned_length_embedding are exclusive: choose one")
         if self.width % self.heads:
             raise ValueError(f"width={self.width} is not a multiple of heads={self.heads}")
         if self.num_frames % self.tubelet_size or self.image_size % self.patch_size:
@@ -139,16 +167,21 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, eps=1e-6)
-        self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width, eps=1e-6)
-        self.mlp = Mlp(width, int(width * mlp_ratio))
+        width = config.width
+        self.norm1 = nn.LayerNorm(width, eps=config.norm_eps)
+        self.attn = Attention(width, config.heads)
+        self.norm2 = nn.LayerNorm(width, eps=config.norm_eps)
+        self.mlp = Mlp(width, int(width * config.mlp_ratio))
+        self.gamma_1 = nn.Parameter(torch.ones(width)) if config.layer_scale else None
+        self.gamma_2 = nn.Parameter(torch.ones(width)) if config.layer_scale else None
 
     def forward(self, x_Nd: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        x_Nd = x_Nd + self.attn(self.norm1(x_Nd), cu_seqlens)
-        return x_Nd + self.mlp(self.norm2(x_Nd))
+        attn_Nd = self.attn(self.norm1(x_Nd), cu_seqlens)
+        x_Nd = x_Nd + (attn_Nd if self.gamma_1 is None else self.gamma_1 * attn_Nd)
+        mlp_Nd = self.mlp(self.norm2(x_Nd))
+        return x_Nd + (mlp_Nd if self.gamma_2 is None else self.gamma_2 * mlp_Nd)
 
 
 class VideoViT(nn.Module):
@@ -159,6 +192,9 @@ class VideoViT(nn.Module):
 
     pos_table: torch.Tensor
     length_table: torch.Tensor
+    length_embed: nn.Parameter  # with learned_length_embedding
+    fc_norm: nn.LayerNorm  # with pooling "mean"
+    norm: nn.LayerNorm  # with pooling "first"
     pixel_scale: torch.Tensor
     pixel_shift: torch.Tensor
 
@@ -171,8 +207,13 @@ class VideoViT(nn.Module):
         if config.run_length_embedding:
             # Fixed sinusoids over run lengths 0..G, as for positions but with a shorter base.
             self.register_buffer("length_table", sinusoid_table(g + 1, config.width, base=1000.0), persistent=False)
-        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio) for _ in range(config.depth))
-        self.fc_norm = nn.LayerNorm(config.width, eps=1e-6)
+        if config.learned_length_embedding:
+            self.length_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, g, config.width), std=0.02))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        if config.pooling == "mean":
+            self.fc_norm = nn.LayerNorm(config.width, eps=config.fc_norm_eps)
+        else:
+            self.norm = nn.LayerNorm(config.width, eps=config.norm_eps)
         self.head = nn.Linear(config.width, config.num_classes)
         mean = torch.tensor(IMAGENET_MEAN).repeat(config.token_dim // config.channels)
         std = torch.tensor(IMAGENET_STD).repeat(config.token_dim // config.channels)
@@ -190,8 +231,12 @@ class VideoViT(nn.Module):
         x_Nd = x_Nd + self.pos_table[flat_N]
         if self.config.run_length_embedding:
             x_Nd = x_Nd + self.length_table[lengths_N.long().clamp(max=self.length_table.shape[0] - 1)]
+        if self.config.learned_length_embedding:
+            x_Nd = x_Nd + self.length_embed[0, (lengths_N.long() - 1).clamp(0, self.length_embed.shape[1] - 1)]
         for block in self.blocks:
             x_Nd = block(x_Nd, cu_seqlens)
+        if self.config.pooling == "first":
+            return self.head(self.norm(x_Nd[cu_seqlens[:-1].long()]))
         # Mean over each clip's tokens.
         seqlens_B = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
         clip_N = torch.repeat_interleave(torch.arange(len(seqlens_B), device=x_Nd.device), seqlens_B)
@@ -199,39 +244,3 @@ class VideoViT(nn.Module):
         pooled_Bd.index_add_(0, clip_N, x_Nd)
         pooled_Bd = pooled_Bd / seqlens_B.clamp(min=1)[:, None].to(x_Nd.dtype)
         return self.head(self.fc_norm(pooled_Bd))
-
-
-def load_videomae_state_dict(model: VideoViT, state: Mapping[str, torch.Tensor], *, strict: bool = True) -> None:
-    """Loads a VideoMAE / VideoMAE-v2 fine-tuning state dict (or the RLT authors', which shares it).
-
-    Mapping: ``patch_embed.proj.weight`` ``[d, C, ts, p, p]`` (Conv3d) becomes ``patch_embed.weight``
-    ``[d, ts*p*p*C]`` in the tokens' (t, y, x, c) order; ``patch_embed.proj.bias`` becomes
-    ``patch_embed.bias``; a ``module.`` or ``model.`` prefix is dropped; the fixed ``pos_embed`` is
-    not loaded (this model builds the same table); every other key loads as it is.
-    Load the file with ``torch.load(path, map_location="cpu", weights_only=True)``.
-    """
-    mapped: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        for prefix in ("module.", "model."):
-            key = key.removeprefix(prefix)
-        if key == "patch_embed.proj.weight":
-            d = value.shape[0]
-            mapped["patch_embed.weight"] = value.permute(0, 2, 3, 4, 1).reshape(d, -1)
-        elif key == "patch_embed.proj.bias":
-            mapped["patch_embed.bias"] = value
-        elif key == "pos_embed":
-            continue
-        else:
-            mapped[key] = value
-    own = model.state_dict()
-    wrong = [
-        f"{k} {tuple(v.shape)} (the model's: {tuple(own[k].shape)})"
-        for k, v in mapped.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if wrong:
-        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
-        raise ValueError(f"the weights are of another model shape: {', '.join(wrong[:3])}{more}")
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if strict and (missing or unexpected):
-        raise ValueError(f"state dict does not fit: missing {sorted(missing)}, unexpected {sorted(unexpected)}")

@@ -1,8 +1,8 @@
 """The optimiser as VideoMAE fine-tunes: AdamW with layer-wise lr decay, linear warmup, then cosine.
 
 Layer-wise decay (BEiT, VideoMAE): the head learns at the full rate and each block below it at
-``layer_decay`` times the rate of the one above, down to the patch embedding. Biases, norms and the
-q/v biases take no weight decay.
+``layer_decay`` times the rate of the one above, down to the patch embedding. Biases, norms, the
+q/v biases, layer scales and a learned length table take no weight decay.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ SCHEDULE_VERSION = 1
 
 
 def layer_id(name: str, depth: int) -> int:
-    """0 for the patch embedding, ``i + 1`` for block ``i``, ``depth + 1`` for the norm and head."""
-    if name.startswith("patch_embed"):
+    """0 for the embeddings, ``i + 1`` for block ``i``, ``depth + 1`` for the norm and head."""
+    if name.startswith(("patch_embed", "length_embed")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
@@ -34,7 +34,7 @@ def param_groups(model: VideoViT, *, weight_decay: float, layer_decay: float) ->
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decay = param.ndim >= 2
+        decay = param.ndim >= 2 and name != "length_embed"  # an embedding table, as VideoMAE's pos_embed
         layer = layer_id(name, depth)
         group = groups.setdefault(
             (layer, decay),
