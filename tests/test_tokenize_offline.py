@@ -336,7 +336,7 @@ def threading_names() -> list[str]:
 
 
 def test_a_second_run_on_the_same_out_is_refused_naming_the_first(tmp_path: Path, samples: Path) -> None:
-    from rlt.tokenize_offline._lock import OutputLockedError, lock_output
+    from rlt._lock import OutputLockedError, lock_output
 
     out = tmp_path / "out"
     out.mkdir()

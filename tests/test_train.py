@@ -234,6 +234,25 @@ def test_a_run_folder_is_not_overwritten_and_resume_refuses_other_options(
     assert summary.steps == 2 and len(losses(run)) == 2
 
 
+def test_a_run_folder_has_one_writer_and_a_run_dead_before_its_first_checkpoint_starts_again(
+    tmp_path: Path, direction: dict[str, Path]
+) -> None:
+    from rlt._lock import OutputLockedError, lock_output
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig(max_steps=1, max_tokens=512)
+    with lock_output(run), pytest.raises(OutputLockedError, match=f"pid {os.getpid()}"):
+        train(direction["val"], run, config)
+    # What a run killed during its first steps leaves: its config, some metrics, a torn last line.
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "lo')
+    (run / ".config.json.tmp12345").write_text("")
+    assert train(direction["val"], run, config).steps == 1
+    assert len(losses(run)) == 1 and losses(run)[0] != 9.0
+    assert sorted(p.name for p in run.iterdir()) == ["ckpt", "config.json", "metrics.jsonl"]
+
+
 def test_online_training_from_raw_videos_and_eval_on_the_manifest(tmp_path: Path, direction: dict[str, Path]) -> None:
     manifest = direction["val_manifest"]
     sampling = ClipSampling(num_frames=8, frame_interval=2, size=64, crop=64)

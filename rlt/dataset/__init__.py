@@ -1,7 +1,15 @@
 """The on-disk token dataset: one format (FORMAT.md) for the writer, the loader and the reports."""
 
 from rlt.dataset._export import export_dataset
-from rlt.dataset._files import META, cache_root, checksum, file_list, open_atomic, write_json_atomic
+from rlt.dataset._files import (
+    META,
+    cache_root,
+    checksum,
+    file_list,
+    open_atomic,
+    remove_temporary_files,
+    write_json_atomic,
+)
 from rlt.dataset._format import (
     FORMAT,
     FORMAT_VERSION,
@@ -61,6 +69,7 @@ __all__ = [
     "read_index",
     "read_plan",
     "read_shard_meta",
+    "remove_temporary_files",
     "shard_folder",
     "verify_shard",
     "write_index",

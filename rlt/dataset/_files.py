@@ -31,12 +31,26 @@ def fsync_tree(folder: Path) -> None:
 
 
 @contextmanager
-def open_atomic(path: Path, mode: Literal["w", "wb"] = "w") -> Iterator[IO[Any]]:
+def writing(path: Path | str) -> Iterator[None]:
+    """Names ``path`` in an OSError of the block that names no file: a failed ``write`` (a full
+    disk, an I/O error) reports only its reason, and Arrow's writers name nothing."""
+    try:
+        yield
+    except OSError as e:
+        # Only plain OSErrors (Arrow's included): subclasses such as CorruptShardError say more.
+        if type(e) is not OSError or e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, os.strerror(e.errno), str(path)) from e
+
+
+@contextmanager
+def open_atomic(path: Path, mode: Literal["w", "wb"] = "w", *, buffering: int = -1) -> Iterator[IO[Any]]:
     """A file to write ``path`` through: written under a temporary name, fsynced, and renamed over
-    ``path`` when the block ends, so a reader sees the old file or the whole new one, never part."""
+    ``path`` when the block ends, so a reader sees the old file or the whole new one, never part.
+    ``buffering`` as `open` takes it."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, mode) as f:
+        with writing(path), open(tmp, mode, buffering=buffering) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -44,6 +58,15 @@ def open_atomic(path: Path, mode: Literal["w", "wb"] = "w") -> Iterator[IO[Any]]
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Removes the temporary files `open_atomic` left in ``folder`` when its process died before
+    renaming them. Call it only while holding the folder's lock (`rlt._lock`): a live writer's
+    temporary file looks the same."""
+    for tmp in folder.glob(".*.tmp*"):
+        if tmp.is_file() and tmp.name.rsplit(".tmp", 1)[1].isdigit():
+            tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

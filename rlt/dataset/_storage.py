@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rlt._checks import check_choice
+from rlt.dataset._files import writing
 from rlt.dataset._format import STORAGES, FormatError, Geometry
 from rlt.dataset._record import ClipRecord
 
@@ -38,27 +39,36 @@ def write_columns(folder: Path, columns: dict[str, np.ndarray], *, storage: Stor
 
 def _write_zarr(folder: Path, columns: dict[str, np.ndarray]) -> None:
     import zarr
+
+    with writing(folder):
+        group = zarr.open_group(str(folder), mode="w-", zarr_format=3)
+        for name, values in columns.items():
+            _write_zarr_array(group, name, values)
+
+
+def _write_zarr_array(group: Any, name: str, values: np.ndarray) -> None:
     from zarr.codecs import ZstdCodec
 
-    group = zarr.open_group(str(folder), mode="w-", zarr_format=3)
     zstd = ZstdCodec(level=ZSTD_LEVEL)
-    for name, values in columns.items():
-        if name == "video":
-            array = group.create_array(name, shape=values.shape, dtype=str, chunks=(max(len(values), 1),))
-        elif name == "tokens":
-            array = group.create_array(
-                name,
-                shape=values.shape,
-                dtype=values.dtype,
-                chunks=(TOKEN_CHUNK, values.shape[1]),
-                shards=(TOKEN_SHARD, values.shape[1]),
-                compressors=zstd,
-            )
-        else:
-            chunks = (max(values.shape[0], 1), *values.shape[1:])
-            array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, compressors=zstd)
-        if values.size:
-            array[...] = values
+    if name == "video":
+        array = group.create_array(name, shape=values.shape, dtype=str, chunks=(max(len(values), 1),))
+    elif name == "tokens":
+        array = group.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=(TOKEN_CHUNK, values.shape[1]),
+            shards=(TOKEN_SHARD, values.shape[1]),
+            compressors=zstd,
+        )
+    else:
+        chunks = (max(values.shape[0], 1), *values.shape[1:])
+        array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, compressors=zstd)
+    if values.size:
+        array[...] = values
+
+
+_WRITE_BUFFER = 4 << 20
 
 
 def _write_arrow(folder: Path, columns: dict[str, np.ndarray], geometry: Geometry) -> None:
@@ -69,7 +79,14 @@ def _write_arrow(folder: Path, columns: dict[str, np.ndarray], geometry: Geometr
     arrays = arrow_arrays(columns, geometry)
     for name, schema in zip((ARROW_FILE, ARROW_TOKENS_FILE), arrow_schemas(geometry), strict=True):
         table = pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
-        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        # Buffered: the IPC writer issues one write per buffer and padding (about 50 for a shard),
+        # where the file needs a few large ones.
+        with (
+            writing(folder / name),
+            pa.OSFile(str(folder / name), "wb") as file,
+            pa.BufferedOutputStream(file, _WRITE_BUFFER) as sink,
+            pa.ipc.new_file(sink, schema) as writer,
+        ):
             writer.write_table(table)
 
 

@@ -19,17 +19,18 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from rlt._lock import lock_output
 from rlt.dataset import (
     SHARDS,
     DatasetIndex,
     ShardMeta,
+    remove_temporary_files,
     shard_folder,
 )
 from rlt.dataset._remote import Store, is_url
 from rlt.pipeline import read_manifest
 from rlt.tokenize_offline._config import TokenizeConfig
 from rlt.tokenize_offline._executor import RAY_AFTER, Executor
-from rlt.tokenize_offline._lock import lock_output
 from rlt.tokenize_offline._output import Output
 from rlt.tokenize_offline._shard import ShardSpec
 
@@ -156,6 +157,8 @@ def _run_job(
     on_progress: Callable[[Progress], None] | None,
     started: float,
 ) -> JobSummary:
+    # Under the lock, so they are a dead run's: one killed while writing the plan, errors or index.
+    remove_temporary_files(output.local)
     if overwrite:
         output.remove_dataset()
     written = 0

@@ -14,7 +14,7 @@ import random
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -37,11 +37,37 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], *, kee
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, step)
-    with open_atomic(path, "wb") as f:
-        torch.save({"version": CHECKPOINT_VERSION, "step": step, **state}, f)
+    # Buffered in large writes: torch's zip writer writes each record on its own.
+    with open_atomic(path, "wb", buffering=16 << 20) as f:
+        sink = _Sink(f)
+        try:
+            torch.save({"version": CHECKPOINT_VERSION, "step": step, **state}, cast(IO[bytes], sink))
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None  # a full disk, named by open_atomic
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+class _Sink:
+    """The file `torch.save` writes through, keeping the OSError of a failed write: torch's zip
+    writer reports it only as a RuntimeError, "unexpected pos"."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

@@ -33,7 +33,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from rlt._checks import check_choice
-from rlt.dataset import open_atomic
+from rlt._lock import lock_output
+from rlt.dataset import open_atomic, remove_temporary_files
+from rlt.dataset._files import writing
 from rlt.pipeline import Backend, ClipSampling, RLTConfig
 from rlt.train._checkpoint import (
     list_checkpoints,
@@ -160,8 +162,28 @@ def train(
         device: by default CUDA (this rank's GPU) when there is one, else the CPU.
         show_progress: draw a progress bar on rank 0.
     """
-    started = time.perf_counter()
     out = Path(out)
+    # One run per run folder, for the whole run: rank 0 holds the folder's lock.
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+    with lock_output(out) if rank0 else nullcontext():
+        return _train(data, out, config, online, sampling, rlt, resume, init, device, show_progress)
+
+
+def _train(
+    data: str | Path,
+    out: Path,
+    config: TrainConfig,
+    online: bool,
+    sampling: ClipSampling,
+    rlt: RLTConfig,
+    resume: bool,
+    init: str | Path | None,
+    device: torch.device | str | None,
+    show_progress: bool,
+) -> TrainSummary:
+    started = time.perf_counter()
 
     # 1. Processes and device. torchrun sets WORLD_SIZE, RANK and LOCAL_RANK.
     rank, world, local_rank = _init_distributed()
@@ -231,6 +253,14 @@ def train(
     step = 0
     checkpoint: Path | None = None  # rank 0's newest
     metrics_path = out / METRICS
+    if rank == 0:  # a run killed while saving left them; this one holds the folder's lock
+        remove_temporary_files(out)
+        if (out / CHECKPOINTS).is_dir():
+            remove_temporary_files(out / CHECKPOINTS)
+    if resume and not list_checkpoints(out / CHECKPOINTS):
+        # It died before its first checkpoint: there is nothing to resume, so it starts again.
+        log.info("%s holds no checkpoint yet: the run starts at step 0", out)
+        resume = False
     if resume:
         ckpt = load_checkpoint(out / CHECKPOINTS)
         if len(ckpt["loaders"]) != world:
@@ -251,13 +281,14 @@ def train(
             _truncate_metrics(metrics_path, step)
         log.info("resumed from %s at step %d", ckpt["path"], step)
     else:
-        if metrics_path.exists() or list_checkpoints(out / CHECKPOINTS):
+        # Metrics without a checkpoint are those of a run that died before its first checkpoint
+        # (it held the folder's lock, so it is not running): it starts again here.
+        if list_checkpoints(out / CHECKPOINTS):
             raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or use a new folder")
         if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(
-                json.dumps({"train": asdict(config), "data": spec.to_dict(), "model": asdict(model_config)}, indent=1)
-            )
+            metrics_path.unlink(missing_ok=True)
+            with open_atomic(out / "config.json") as f:
+                json.dump({"train": asdict(config), "data": spec.to_dict(), "model": asdict(model_config)}, f, indent=1)
 
     def finished() -> bool:
         return (config.max_steps is not None and step >= config.max_steps) or (
@@ -363,8 +394,9 @@ def train(
                 }
                 last_time = now
                 if metrics is not None:
-                    metrics.write(json.dumps(last) + "\n")
-                    metrics.flush()
+                    with writing(metrics_path):
+                        metrics.write(json.dumps(last) + "\n")
+                        metrics.flush()
                 if bar is not None:
                     bar.update(step, epoch * batches_in_epoch + source.batches_done, last)
                 step_tokens = step_clips = micro = 0
@@ -380,7 +412,8 @@ def train(
             checkpoint = save() or checkpoint
     finally:
         if metrics is not None:
-            metrics.close()
+            with writing(metrics_path):
+                metrics.close()
         if bar is not None:
             bar.close()
     return TrainSummary(
@@ -439,9 +472,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drops the lines of steps after ``step``: a resumed run writes them again."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    lines = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
     with open_atomic(path) as f:
         f.write("".join(line + "\n" for line in lines))
+
+
+def _step_of(line: str) -> float:
+    """The step a metrics line records; a line cut short by a crash counts as after every step."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class _Bar:

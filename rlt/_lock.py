@@ -1,6 +1,7 @@
-"""One writer per dataset folder: an advisory lock held for a whole `rlt-prep tokenize` run.
+"""One writer per folder: an advisory lock held for a whole `rlt-prep tokenize` run on its dataset
+folder, or a whole `rlt-prep train` run on its run folder.
 
-The lock is ``OUT/.rlt-lock``, locked with ``flock`` and holding its holder's host, pid and start
+The lock is ``FOLDER/.rlt-lock``, locked with ``flock`` and holding its holder's host, pid and start
 time for the message a second run gets. The kernel drops a ``flock`` when its process dies, however
 it dies, so a lock file left by a killed run is stale by construction: the next run takes it over.
 The file is removed on release; a run that opened it just before checks, once it holds the lock,
@@ -18,11 +19,13 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from rlt.dataset._files import writing
+
 LOCK = ".rlt-lock"
 
 
 class OutputLockedError(FileExistsError):
-    """Another run is writing the dataset folder; the message names it."""
+    """Another run is writing the folder; the message names it."""
 
 
 @contextlib.contextmanager
@@ -54,9 +57,10 @@ def lock_output(out: Path) -> Iterator[None]:
     try:
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(me).encode())
-        os.fsync(fd)
+        with writing(path):
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(me).encode())
+            os.fsync(fd)
         yield
     finally:
         # Removed while still locked, so no one can lock this file and believe it is the lock.
