@@ -10,6 +10,7 @@ from torch import nn
 
 from rlt import run_length_tokenize
 from rlt.train import PRESETS, VideoViT, load_videomae_state_dict, sinusoid_table, tiny, vit_b
+from rlt.train._model import drop_path
 from tests.clips import batch
 from tests.conftest import DEVICES
 
@@ -98,3 +99,29 @@ def test_presets_have_videomae_dimensions() -> None:
     assert (config.width, config.depth, config.heads) == (768, 12, 12)
     parameters = sum(p.numel() for p in VideoViT(config).parameters())
     assert 86e6 < parameters < 88e6  # VideoMAE ViT-B with a 400-class head: ~87M
+
+
+def test_drop_path_drops_whole_clips_in_training_only() -> None:
+    x_Nd = torch.randn(9, 4)
+    cu_seqlens = torch.tensor([0, 2, 2, 7, 9], dtype=torch.int32)
+    torch.manual_seed(0)
+    out = drop_path(x_Nd, cu_seqlens, 0.5)
+    for start, end in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist(), strict=True):
+        part, source = out[start:end], x_Nd[start:end]
+        assert torch.equal(part, torch.zeros_like(part)) or torch.equal(part, source * 2)
+    assert drop_path(x_Nd, cu_seqlens, 0.0) is x_Nd
+
+    # VideoMAE's schedule over the blocks; in eval the model is the one without drop path.
+    model, packed = model_and_batch(drop_path=0.2)
+    assert [block.drop_path for block in model.blocks] == pytest.approx([0.0, 0.2])
+    plain = VideoViT(tiny(5, num_frames=8, image_size=32, patch_size=8))
+    plain.load_state_dict(model.state_dict())
+    args = (packed.tokens, packed.positions, packed.lengths, packed.cu_seqlens)
+    with torch.no_grad():
+        torch.testing.assert_close(model(*args), plain.eval()(*args))
+        model.train()
+        torch.manual_seed(1)
+        noisy = [model(*args) for _ in range(4)]
+    assert any(not torch.allclose(noisy[0], other) for other in noisy[1:])
+    with pytest.raises(ValueError, match="drop_path must be in"):
+        tiny(5, drop_path=1.0)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlt import VideoDecodeError
-from rlt.pipeline import ClipSampling, OnlinePipeline, RLTConfig, read_manifest, resize_and_crop, tokenize_video
+from rlt.pipeline import (
+    ClipSampling,
+    FrameAugment,
+    OnlinePipeline,
+    RLTConfig,
+    read_manifest,
+    resize_and_crop,
+    tokenize_video,
+)
 from rlt.samples import read_frame_index
 from tests.conftest import DEVICES
 
@@ -233,3 +242,17 @@ def test_a_resumed_pass_skips_its_done_groups_only_once(tmp_path: Path, videos: 
     pipeline.load_state_dict({**pipeline.state_dict(), "batches": 3})
     assert len(list(pipeline)) == 1 and pipeline.batches_done == 4
     assert len(list(pipeline)) == 4  # the next pass starts from its first group
+
+
+def test_pipeline_augments_pixels_before_rlt_anew_each_epoch(tmp_path: Path, videos: dict[str, Path]) -> None:
+    # Decoded uncropped at a short side of 64 (the videos differ in shape), cut to 48 x 48 windows.
+    manifest = write_manifest(tmp_path, [(str(videos[k]), "0") for k in ("h264", "odd_size")])
+    options = {"sampling": replace(SMALL, crop=None), "backend": "decord", "augment": FrameAugment(size=48)}
+    pipeline = OnlinePipeline(manifest, **options)  # type: ignore[arg-type]
+    (first,) = list(pipeline)
+    assert first.keep.shape == (4, 4, 3, 3)
+    (again,) = list(OnlinePipeline(manifest, **options))  # type: ignore[arg-type]
+    assert torch.equal(again.tokens, first.tokens)
+    pipeline.set_epoch(1)
+    (other,) = list(pipeline)
+    assert not torch.equal(other.keep, first.keep) or not torch.equal(other.tokens, first.tokens)

@@ -19,7 +19,7 @@ from rlt.pipeline._packed import PackedTokens
 from rlt.pipeline._probe import VideoInfo, probe
 from rlt.pipeline._rlt import IMAGENET_MEAN, IMAGENET_STD, run_length_tokenize, run_lengths
 from rlt.pipeline._sampling import ClipIndices, ClipSampling, sample_clips
-from rlt.pipeline._transforms import resize_and_crop
+from rlt.pipeline._transforms import FrameAugment, augment_frames, resize_and_crop
 
 __all__ = [
     "BACKENDS",
@@ -31,6 +31,7 @@ __all__ = [
     "ClipSampling",
     "DecodedVideo",
     "Decoder",
+    "FrameAugment",
     "Manifest",
     "ManifestError",
     "ManifestRow",
@@ -39,6 +40,7 @@ __all__ = [
     "RLTConfig",
     "VideoDecodeError",
     "VideoInfo",
+    "augment_frames",
     "check_backend",
     "concrete_device",
     "decode_ahead",

@@ -23,6 +23,7 @@ from rlt.pipeline._manifest import ManifestRow, read_manifest
 from rlt.pipeline._packed import PackedTokens
 from rlt.pipeline._rlt import _COMPARE, _DROP_POLICY, _UNITS, Compare, DropPolicy, ThresholdUnits, run_length_tokenize
 from rlt.pipeline._sampling import ClipSampling
+from rlt.pipeline._transforms import FrameAugment, augment_frames
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,29 @@ def tokenize_video(
     return tokenize_clips([result], rlt)
 
 
-def tokenize_clips(decoded: Sequence[DecodedVideo], rlt: RLTConfig) -> PackedTokens:
+def tokenize_clips(
+    decoded: Sequence[DecodedVideo],
+    rlt: RLTConfig,
+    *,
+    augment: FrameAugment | None = None,
+    rng: int | Sequence[int] | np.random.Generator = 0,
+) -> PackedTokens:
     """One batch of every clip of ``decoded``, tokenized on the device the clips are on, with what
-    each clip is (label, video, number, source frames, padding)."""
+    each clip is (label, video, number, source frames, padding).
+
+    Args:
+        decoded: the videos' clips.
+        rlt: the RLT stage's options.
+        augment: training augmentation of the pixels before RLT (see `augment_frames`); each
+            video's clips are augmented at their own frame size, so videos may differ in it.
+        rng: the augmentation's numpy Generator, or its seed.
+    """
     clips = [c for item in decoded for c in item.clips]
-    frames_BTHWC = torch.cat([item.frames() for item in decoded])
+    if augment is None:
+        frames_BTHWC = torch.cat([item.frames() for item in decoded])
+    else:
+        rng = np.random.default_rng(rng)
+        frames_BTHWC = torch.cat([augment_frames(item.frames(), augment, rng=rng) for item in decoded])
     if frames_BTHWC.shape[1] % rlt.tubelet_size:
         raise ValueError(f"num_frames={frames_BTHWC.shape[1]} is not a multiple of tubelet_size={rlt.tubelet_size}")
     device = frames_BTHWC.device
@@ -144,6 +163,8 @@ class OnlinePipeline:
         seed: the shuffle's seed.
         rank, world_size: this process takes every ``world_size``-th video from ``rank`` on, after
             the shuffle, so the ranks of a distributed run share the videos out.
+        augment: training augmentation of the pixels before RLT, drawn from (seed, epoch, group):
+            anew every epoch, and the same on a resumed pass.
 
     Attributes:
         start_batch: groups of ``videos_per_batch`` videos to skip at the start of the next pass
@@ -169,6 +190,7 @@ class OnlinePipeline:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        augment: FrameAugment | None = None,
     ) -> None:
         check_choice("on_error", on_error, ("raise", "skip"))
         if videos_per_batch < 1 or prefetch < 1:
@@ -186,6 +208,7 @@ class OnlinePipeline:
         self.workers = workers or usable_cores()
         self.on_error, self.epoch, self.num_threads = on_error, epoch, num_threads
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.augment = augment
         self.errors: list[VideoDecodeError] = []
         self.start_batch = 0
         self.batches_done = 0
@@ -263,4 +286,6 @@ class OnlinePipeline:
             else:
                 good.append(item)
         if good:
-            yield tokenize_clips(good, self.rlt)
+            # batches_done counts this group already: it numbers the groups from 1.
+            rng = (self.seed, self.epoch, self.rank, self.batches_done)
+            yield tokenize_clips(good, self.rlt, augment=self.augment, rng=rng)

@@ -1,5 +1,17 @@
 """Training on run-length tokens: the streaming loader, the packed-sequence ViT, the loop and eval."""
 
+from rlt.train._augment import (
+    Augmentation,
+    AugmentConfig,
+    augment,
+    crop_tokens,
+    cutmix_tokens,
+    draw_augmentation,
+    erase_tokens,
+    flip_tokens,
+    one_clip_per_video,
+    soft_targets,
+)
 from rlt.train._checkpoint import find_checkpoint, load_checkpoint
 from rlt.train._eval import EvalResult, evaluate, load_model
 from rlt.train._loader import STATE_VERSION, TokenLoader, TokenStream
@@ -22,6 +34,8 @@ from rlt.train._weights import PretrainedWeights, export_hf, load_videomae_state
 __all__ = [
     "PRESETS",
     "STATE_VERSION",
+    "AugmentConfig",
+    "Augmentation",
     "EvalResult",
     "PretrainedWeights",
     "TokenLoader",
@@ -31,16 +45,24 @@ __all__ = [
     "ViTConfig",
     "VideoViT",
     "WarmupCosine",
+    "augment",
+    "crop_tokens",
+    "cutmix_tokens",
+    "draw_augmentation",
+    "erase_tokens",
     "evaluate",
     "export_hf",
     "find_checkpoint",
+    "flip_tokens",
     "load_checkpoint",
     "load_model",
     "load_videomae_state_dict",
+    "one_clip_per_video",
     "packed_attention",
     "param_groups",
     "read_pretrained",
     "sinusoid_table",
+    "soft_targets",
     "tiny",
     "train",
     "vit_b",

@@ -43,6 +43,8 @@ class ViTConfig:
             ``init_values > 0``), starting at 1.
         learned_length_embedding: add ``length_embed[length - 1]``, a learned ``[1, G, d]`` table (the
             RLT authors' ``use_length_embed``).
+        drop_path: stochastic depth in training: block ``i`` of ``depth`` skips each branch for a whole
+            clip with probability ``drop_path * i / (depth - 1)`` (VideoMAE fine-tunes ViT-B at 0.1).
     """
 
     width: int
@@ -61,9 +63,12 @@ class ViTConfig:
     pooling: Pooling = "mean"
     layer_scale: bool = False
     learned_length_embedding: bool = False
+    drop_path: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("pooling", self.pooling, ("mean", "first"))
+        if not 0 <= self.drop_path < 1:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
         if self.run_length_embedding and self.learned_length_embedding:
             raise ValueError("run_length_embedding and learned_length_embedding are exclusive: choose one")
         if self.width % self.heads:
@@ -138,6 +143,18 @@ def packed_attention(
     return out
 
 
+def drop_path(x_Nd: torch.Tensor, cu_seqlens: torch.Tensor, rate: float) -> torch.Tensor:
+    """Stochastic depth on a packed batch: each clip's branch output is zeroed with probability
+    ``rate``, or scaled by ``1 / (1 - rate)``. A "sample" is a clip, as timm's ``drop_path`` drops
+    a whole sample, so the mask is drawn per clip and spread over its tokens."""
+    if rate == 0:
+        return x_Nd
+    seqlens_B = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    keep_B = torch.empty(len(seqlens_B), dtype=x_Nd.dtype, device=x_Nd.device).bernoulli_(1 - rate)
+    scale_N = torch.repeat_interleave(keep_B / (1 - rate), seqlens_B, output_size=x_Nd.shape[0])
+    return x_Nd * scale_N[:, None]
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -167,9 +184,10 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ViTConfig) -> None:
+    def __init__(self, config: ViTConfig, drop_path: float = 0.0) -> None:
         super().__init__()
         width = config.width
+        self.drop_path = drop_path
         self.norm1 = nn.LayerNorm(width, eps=config.norm_eps)
         self.attn = Attention(width, config.heads)
         self.norm2 = nn.LayerNorm(width, eps=config.norm_eps)
@@ -178,10 +196,11 @@ class Block(nn.Module):
         self.gamma_2 = nn.Parameter(torch.ones(width)) if config.layer_scale else None
 
     def forward(self, x_Nd: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        rate = self.drop_path if self.training else 0.0
         attn_Nd = self.attn(self.norm1(x_Nd), cu_seqlens)
-        x_Nd = x_Nd + (attn_Nd if self.gamma_1 is None else self.gamma_1 * attn_Nd)
+        x_Nd = x_Nd + drop_path(attn_Nd if self.gamma_1 is None else self.gamma_1 * attn_Nd, cu_seqlens, rate)
         mlp_Nd = self.mlp(self.norm2(x_Nd))
-        return x_Nd + (mlp_Nd if self.gamma_2 is None else self.gamma_2 * mlp_Nd)
+        return x_Nd + drop_path(mlp_Nd if self.gamma_2 is None else self.gamma_2 * mlp_Nd, cu_seqlens, rate)
 
 
 class VideoViT(nn.Module):
@@ -209,7 +228,9 @@ class VideoViT(nn.Module):
             self.register_buffer("length_table", sinusoid_table(g + 1, config.width, base=1000.0), persistent=False)
         if config.learned_length_embedding:
             self.length_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, g, config.width), std=0.02))
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        # VideoMAE's schedule: no drop in the first block, ``drop_path`` in the last.
+        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
         if config.pooling == "mean":
             self.fc_norm = nn.LayerNorm(config.width, eps=config.fc_norm_eps)
         else:
