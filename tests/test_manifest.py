@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from rlt.pipeline import read_manifest
@@ -264,3 +265,110 @@ def test_labels_read_by_the_rule_or_a_value_error_naming_the_file(tmp_path: Path
         assert read.classes == tuple(sorted(set(stripped)))
         assert got == [read.classes.index(text) for text in stripped]
     assert all(0 <= number <= INT64_MAX for number in got)
+
+
+# The job on fuzzed manifests -----------------------------------------------------------------------
+
+# How a row may name a video of the folder the `fuzz_folder` fixture makes, and what it names:
+# the file it resolves to, or None where it cannot be read.
+SPELLINGS = {
+    "v0.mp4": "v0.mp4",
+    "./v1.mp4": "v1.mp4",
+    "sub/../v2.mp4": "v2.mp4",
+    "alias.mp4": "v0.mp4",  # a symbolic link to v0.mp4
+    '"a, b.mp4"': "a, b.mp4",  # quoted: a comma in the name
+    "with space.mp4": "with space.mp4",
+    "missing.mp4": None,
+    "loop.mp4": None,  # loop.mp4 -> loop2.mp4 -> loop.mp4
+}
+INTEGERS = ["0", "1", " 2 ", "007"]
+NAMES = ["cat", "dog", "ünï code"]
+BAD_LABELS = ["-1", "1.0", "1e3", "99999999999999999999999", ""]
+
+
+@pytest.fixture(scope="module")
+def fuzz_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import shutil
+
+    from rlt.samples import make_samples
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    make_samples(folder, num_videos=3, num_frames=8, height=32, width=32, seed=5)
+    for k, made in enumerate(sorted(folder.glob("sample_*.mp4"))):
+        made.rename(folder / f"v{k}.mp4")
+    shutil.copy(folder / "v1.mp4", folder / "a, b.mp4")
+    shutil.copy(folder / "v2.mp4", folder / "with space.mp4")
+    (folder / "sub").mkdir()
+    (folder / "alias.mp4").symlink_to("v0.mp4")
+    (folder / "loop.mp4").symlink_to("loop2.mp4")
+    (folder / "loop2.mp4").symlink_to("loop.mp4")
+    return folder
+
+
+def _label_value(label: str) -> int | str:
+    label = label.strip()
+    return int(label) if label.isdigit() else label
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    paths=st.lists(st.sampled_from(sorted(SPELLINGS)), min_size=1, max_size=5, unique=True),
+    data=st.data(),
+    bom=st.booleans(),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    blank_lines=st.booleans(),
+)
+def test_the_job_on_a_fuzzed_manifest_makes_the_right_dataset_or_says_what_is_wrong(
+    fuzz_folder: Path, paths: list[str], data: st.DataObject, bom: bool, newline: str, blank_lines: bool
+) -> None:
+    """A clear error naming the manifest, or the dataset the rows ask for: never a traceback, and
+    never a dataset that differs from the manifest (two names for one file, a wrong label)."""
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from rlt.cli import app
+    from rlt.dataset import open_dataset
+
+    # Labels of one kind mostly, and now and then a slip: a bad label or one of the other kind.
+    kind = data.draw(st.sampled_from([INTEGERS, NAMES]))
+    labels = [data.draw(st.sampled_from(kind)) for _ in paths]
+    if data.draw(st.integers(0, 3)) == 0:
+        labels[data.draw(st.integers(0, len(labels) - 1))] = data.draw(st.sampled_from(BAD_LABELS + INTEGERS + NAMES))
+    rows = list(zip(paths, labels, strict=True))
+    work = Path(tempfile.mkdtemp(dir=fuzz_folder.parent))
+    manifest = fuzz_folder / f"manifest-{work.name}.csv"
+    lines = ["path,label", *(f"{path},{label}" for path, label in rows)]
+    if blank_lines:
+        lines.insert(1, "")
+    manifest.write_bytes(("\ufeff" if bom else "").encode() + (newline.join(lines) + newline).encode())
+    result = CliRunner().invoke(app, ["tokenize", str(manifest), str(work / "out"), "--workers", "1"])
+    flat = re.sub(r"\s", "", result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+
+    values = [_label_value(label) for _, label in rows]
+    kinds = {type(v) for v in values}
+    files = [SPELLINGS[path] for path, _ in rows]
+    readable = [f for f in files if f is not None]
+    if any(label in BAD_LABELS for _, label in rows) or len(kinds) > 1:
+        event("a label error")
+        assert result.exit_code == 2 and "error:" in result.output, result.output
+        assert re.search(re.escape(re.sub(r"\s", "", str(manifest))) + r":\d+:", flat), result.output  # file:line
+        return
+    if len(set(readable)) < len(readable):
+        event("two names for one file")
+        assert result.exit_code == 2 and "same file" in result.output, result.output
+        return
+    unreadable = {path.strip('"') for path, _ in rows if SPELLINGS[path] is None}
+    event("a dataset, with failed videos" if unreadable else "a dataset")
+    assert result.exit_code == (3 if unreadable else 0), result.output
+    failed = [json.loads(line)["video"] for line in (work / "out" / "errors.jsonl").read_text().splitlines()]
+    assert sorted(failed) == sorted(unreadable)
+    classes = sorted({str(v) for v in values}) if kinds == {str} else None
+    expected = {
+        path.strip('"'): (classes.index(str(v)) if classes else v) for (path, _), v in zip(rows, values, strict=True)
+    }
+    dataset = open_dataset(work / "out")
+    found = {record.video: record.label for record in dataset}
+    assert found == {video: label for video, label in expected.items() if video not in unreadable}
+    assert dataset.index.classes == (tuple(classes) if classes else None)

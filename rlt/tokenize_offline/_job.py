@@ -230,6 +230,7 @@ def _extend_plan(
         plan = {"config": wanted, "classes": list(manifest.classes) if manifest.classes else None, "shards": []}
     planned = {entry[0]: entry for shard in plan["shards"] for entry in shard["videos"]}
     seen: set[str] = set()
+    files: dict[str, str] = {}  # resolved path -> the manifest's name for it
     new = []
     changes = _Changes()
     for row in manifest.rows:
@@ -239,6 +240,11 @@ def _extend_plan(
         # os.path.realpath, not Path.resolve: a symlink loop is then a video that fails to open
         # (recorded in errors.jsonl) instead of a RuntimeError that stops the job.
         resolved = row.path if isinstance(row.path, str) else os.path.realpath(row.path)
+        if resolved in files:  # two spellings of one file (./a.mp4, sub/../a.mp4, a link to it)
+            raise ValueError(
+                f"{manifest.path}: videos {files[resolved]!r} and {row.video!r} are the same file, {resolved}"
+            )
+        files[resolved] = row.video
         identity = _identity(resolved)
         if row.video not in planned:
             new.append([row.video, resolved, row.label, *identity])
