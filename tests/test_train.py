@@ -328,3 +328,44 @@ def test_init_from_a_videomae_checkpoint_with_another_head(tmp_path: Path, direc
     torch.testing.assert_close(loaded["blocks.1.mlp.fc2.weight"], state["blocks.1.mlp.fc2.weight"], atol=1e-6, rtol=0)
     expected = conv.weight.detach().permute(0, 2, 3, 4, 1).reshape(source.config.width, -1)
     torch.testing.assert_close(loaded["patch_embed.weight"], expected, atol=1e-6, rtol=0)
+
+
+def test_bad_data_and_checkpoints_are_errors_naming_the_file_not_tracebacks(
+    tmp_path: Path, direction: dict[str, Path]
+) -> None:
+    import re
+    import shutil
+
+    runner = CliRunner()
+
+    def fails(*args: str, naming: str) -> None:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+        flat = re.sub(r"\s", "", result.output)
+        assert "error:" in flat and re.sub(r"\s", "", naming) in flat, result.output
+
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(direction["val"]), "--out", str(run), "--max-steps", "1"]).exit_code == 0
+    # A shard whose tokens were altered after the job wrote them, in train and in eval.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(direction["val"], damaged)
+    tokens = next((damaged / "shards").glob("shard-*/tokens.arrow"))
+    data = bytearray(tokens.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tokens.write_bytes(bytes(data))
+    fails("train", str(damaged), "--out", str(tmp_path / "run2"), "--max-steps", "1", naming=str(tokens.parent))
+    fails("eval", str(run), str(damaged), naming=str(tokens.parent))
+    # A meta.json that is not JSON, and a plan.json that is not text.
+    broken = tmp_path / "broken"
+    shutil.copytree(direction["val"], broken)
+    meta = next((broken / "shards").glob("shard-*/meta.json"))
+    meta.write_text("[1, 2")
+    fails("train", str(broken), "--out", str(tmp_path / "run3"), "--max-steps", "1", naming=str(meta))
+    (broken / "plan.json").write_bytes(b"\x00\xff{")
+    fails("tokenize", str(direction["val_manifest"]), str(broken), naming=str(broken / "plan.json"))
+    # Checkpoints: bytes that are not one, and the weights of another model shape.
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(1000))
+    fails("train", str(direction["val"]), "--out", str(tmp_path / "run4"), "--init", str(garbage), naming=str(garbage))
+    other = tmp_path / "run-s"
+    fails("train", str(direction["val"]), "--out", str(other), "--preset", "vit_s", "--init", str(run), naming=str(run))
