@@ -369,3 +369,26 @@ def test_bad_data_and_checkpoints_are_errors_naming_the_file_not_tracebacks(
     fails("train", str(direction["val"]), "--out", str(tmp_path / "run4"), "--init", str(garbage), naming=str(garbage))
     other = tmp_path / "run-s"
     fails("train", str(direction["val"]), "--out", str(other), "--preset", "vit_s", "--init", str(run), naming=str(run))
+
+
+def test_a_run_is_bound_to_its_data(tmp_path: Path, direction: dict[str, Path]) -> None:
+    # --resume on another dataset of the same geometry and classes is refused, naming what changed.
+    run = tmp_path / "run"
+    config = TrainConfig(max_steps=1, max_tokens=512)
+    train(direction["val"], run, config)
+    with pytest.raises(ValueError, match=r"the dataset \(its shards' checksums\)"):
+        train(direction["train"], run, TrainConfig(max_steps=2, max_tokens=512), resume=True)
+    # eval compares class names, not only how many there are.
+    rows = direction["val_manifest"].read_text().splitlines()[1:5]
+    datasets = {}
+    for names in (("cat", "dog"), ("dog", "zebra")):
+        manifest = direction["val_manifest"].with_name(f"named-{names[1]}.csv")
+        lines = [f"{row.split(',')[0]},{names[k % 2]}" for k, row in enumerate(rows)]
+        manifest.write_text("path,label\n" + "\n".join(lines) + "\n")
+        datasets[names] = tmp_path / names[1]
+        tokenize_dataset(manifest, datasets[names], TokenizeConfig(sampling=SAMPLING, backend="decord"), workers=1)
+    named = tmp_path / "named"
+    train(datasets[("cat", "dog")], named, config)
+    assert evaluate(named, datasets[("cat", "dog")]).videos == 4
+    with pytest.raises(ValueError, match="names its classes dog, zebra, the checkpoint was trained on cat, dog"):
+        evaluate(named, datasets[("dog", "zebra")])

@@ -121,3 +121,12 @@ def _check_geometry(data: DataSpec, trained: DataSpec, where: str | Path) -> Non
         )
     if data.num_classes > trained.num_classes:
         raise ValueError(f"{where} has {data.num_classes} classes, the checkpoint predicts {trained.num_classes}")
+    if data.classes and trained.classes and data.classes != trained.classes:
+        raise ValueError(
+            f"{where} names its classes {_show(data.classes)}, the checkpoint was trained on {_show(trained.classes)}"
+        )
+
+
+def _show(classes: list[str], limit: int = 6) -> str:
+    more = f" and {len(classes) - limit} more" if len(classes) > limit else ""
+    return ", ".join(classes[:limit]) + more

@@ -46,7 +46,7 @@ from rlt.train._checkpoint import (
 )
 from rlt.train._model import PRESETS, VideoViT, ViTConfig
 from rlt.train._optim import WarmupCosine, param_groups
-from rlt.train._sources import Source, offline_source, online_source
+from rlt.train._sources import DataSpec, Source, offline_source, online_source
 from rlt.train._weights import PretrainedWeights, read_pretrained
 
 log = logging.getLogger(__name__)
@@ -266,9 +266,10 @@ def _train(
         if len(ckpt["loaders"]) != world:
             raise ValueError(f"{ckpt['path']} was written by {len(ckpt['loaders'])} ranks, this run has {world}")
         changed = sorted(k for k, v in asdict(config).items() if ckpt["train_config"].get(k) != v)
-        if set(changed) - _MAY_CHANGE_ON_RESUME or ckpt["data"] != spec.to_dict():
+        changed += spec.differences(DataSpec.from_dict(ckpt["data"]))
+        if set(changed) - _MAY_CHANGE_ON_RESUME:
             raise ValueError(
-                f"{ckpt['path']} was written with other options ({', '.join(changed) or 'the data'}); "
+                f"{ckpt['path']} was written with other options or data ({', '.join(changed)}); "
                 "resume with the same ones, or start a new run folder"
             )
         model.load_state_dict(ckpt["model"])

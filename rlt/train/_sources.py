@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,6 +24,9 @@ class DataSpec:
     rlt: RLTConfig
     num_classes: int
     classes: list[str] | None
+    # Which dataset: a digest of its shards' checksums (None for raw videos). A resumed run must
+    # train on the same one.
+    identity: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,6 +34,7 @@ class DataSpec:
             "rlt": asdict(self.rlt),
             "num_classes": self.num_classes,
             "classes": self.classes,
+            "identity": self.identity,
         }
 
     @classmethod
@@ -39,7 +44,22 @@ class DataSpec:
             rlt=RLTConfig(**values["rlt"]),
             num_classes=int(values["num_classes"]),
             classes=values["classes"],
+            identity=values.get("identity"),
         )
+
+    def differences(self, other: DataSpec) -> list[str]:
+        """What differs from ``other``, in words, for a message."""
+        said = {
+            "sampling": "the clip sampling",
+            "rlt": "the RLT options",
+            "num_classes": "the number of classes",
+            "classes": "the class names",
+            "identity": "the dataset (its shards' checksums)",
+        }
+        mine, theirs = self.to_dict(), other.to_dict()
+        if mine["identity"] is None or theirs["identity"] is None:  # raw videos, or an older checkpoint
+            del said["identity"]
+        return [said[key] for key in said if mine[key] != theirs[key]]
 
 
 def dataset_spec(root: str | Path) -> DataSpec:
@@ -52,7 +72,8 @@ def dataset_spec(root: str | Path) -> DataSpec:
     else:
         labels = labels_of(root)
         num_classes = int(labels.max()) + 1 if len(labels) else 1
-    return DataSpec(ClipSampling(**config["sampling"]), RLTConfig(**config["rlt"]), num_classes, classes)
+    identity = hashlib.sha256("".join(f"{s.name}\t{s.checksum}\n" for s in index.shards).encode()).hexdigest()
+    return DataSpec(ClipSampling(**config["sampling"]), RLTConfig(**config["rlt"]), num_classes, classes, identity)
 
 
 def manifest_spec(manifest: str | Path, sampling: ClipSampling, rlt: RLTConfig) -> DataSpec:
