@@ -144,3 +144,29 @@ def test_a_small_shuffle_buffer_holds_few_shards_and_still_yields_every_clip(dat
     stream = TokenStream(dataset, max_tokens=MAX_TOKENS, shuffle_buffer=2, seed=9)  # 3 of 4 shards held
     seen = [key for batch in TokenLoader(stream) for key in zip(batch.videos, batch.clip_ids, strict=True)]
     assert len(seen) == len(set(seen)) == 16
+
+
+def test_one_clip_per_video_takes_each_video_once_per_epoch_and_resumes(dataset: Path) -> None:
+    def stream(**kw: int) -> TokenStream:
+        return TokenStream(dataset, max_tokens=MAX_TOKENS, seed=3, one_clip_per_video=True, shuffle_buffer=4, **kw)
+
+    epochs = []
+    for epoch in range(4):
+        loader = TokenLoader(stream())
+        loader.set_epoch(epoch)
+        clips = [key for batch in keys(list(loader)) for key in batch]
+        assert sorted(v for v, _ in clips) == sorted({r.video for r in open_dataset(dataset, columns=["video"])})
+        epochs.append(sorted(clips))
+    assert len({tuple(e) for e in epochs}) > 1  # another clip of some video in another epoch
+    # Two ranks share the chosen clips out; a resumed loader gives the rest of the epoch.
+    ranks = [keys(list(TokenLoader(stream(rank=r, world_size=2)))) for r in (0, 1)]
+    assert sorted(k for r in ranks for b in r for k in b) == epochs[0]
+    whole = TokenLoader(stream())
+    batches = iter(whole)
+    first = keys([next(batches)])
+    state = whole.state_dict()
+    resumed = TokenLoader(stream())
+    resumed.load_state_dict(state)
+    assert first + keys(list(resumed)) == keys(list(TokenLoader(stream())))
+    with pytest.raises(ValueError, match="one_clip_per_video"):
+        TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=3, shuffle_buffer=4)).load_state_dict(state)

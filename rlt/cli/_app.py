@@ -7,20 +7,22 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rlt._checks import check_choice
 from rlt.dataset import open_dataset
 from rlt.pipeline import BACKENDS, ClipSampling, OnlinePipeline, RLTConfig
 from rlt.samples import make_samples
 from rlt.tokenize_offline import RAY_AFTER, JobSummary, TokenizeConfig, tokenize_dataset
 from rlt.tokenize_offline import Progress as JobProgress
-from rlt.train import TrainConfig, TrainSummary, evaluate, train
+from rlt.train import NO_AUGMENT, AugmentConfig, TrainConfig, TrainSummary, evaluate, train
 
 app = typer.Typer(
     name="rlt-prep",
@@ -375,6 +377,33 @@ def train_command(
     drop_policy: Annotated[str, typer.Option(help="--online: rlt | none | random")] = "rlt",
     videos_per_batch: Annotated[int, typer.Option(help="--online: videos per micro-batch")] = 4,
     backend: Backend = "auto",
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="none: the clips as they come; videomae: VideoMAE's fine-tuning augmentation (flip, CutMix 1.0, "
+            "label smoothing 0.1, erasing 0.25, drop path 0.1); the options below change single parts of it"
+        ),
+    ] = "none",
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="flip half the clips (exact on tokens)")] = None,
+    crop: Annotated[
+        int | None,
+        typer.Option(
+            help="train on random crops of this side in pixels, on the patch grid, of clips stored larger (e.g. 224 "
+            "of 256); the model is built at this size and eval takes the centre crop"
+        ),
+    ] = None,
+    cutmix: Annotated[float | None, typer.Option(help="CutMix alpha on the patch grid; 0 is off")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="label smoothing of the targets")] = None,
+    erase_prob: Annotated[float | None, typer.Option(help="random erasing of tokens, per clip")] = None,
+    drop_path: Annotated[float | None, typer.Option(help="stochastic depth rate")] = None,
+    one_clip_per_video: Annotated[
+        bool | None,
+        typer.Option(
+            "--one-clip-per-video/--all-clips",
+            help="a dataset: train on one of each video's stored clips per epoch, drawn anew every epoch "
+            "(--online always does)",
+        ),
+    ] = None,
 ) -> None:
     """Trains a ViT on run-length tokens (AdamW, layer decay, warmup + cosine, bf16 on CUDA).
 
@@ -389,6 +418,20 @@ def train_command(
         console.print("[red]error:[/red] give either DATASET or --online MANIFEST")
         raise typer.Exit(code=2)
     with _bad_input_exits():
+        check_choice("recipe", recipe, ("none", "videomae"))
+        given: dict[str, Any] = {
+            "flip": flip,
+            "crop": crop,
+            "cutmix": cutmix,
+            "label_smoothing": label_smoothing,
+            "erase_prob": erase_prob,
+            "one_clip_per_video": one_clip_per_video,
+        }
+        augment = replace(
+            AugmentConfig() if recipe == "videomae" else NO_AUGMENT, **{k: v for k, v in given.items() if v is not None}
+        )
+        if drop_path is None:
+            drop_path = 0.1 if recipe == "videomae" else 0.0
         config = TrainConfig(
             preset=preset,
             epochs=epochs if epochs is not None or max_steps is not None else 1,
@@ -408,6 +451,8 @@ def train_command(
             videos_per_batch=videos_per_batch,
             backend=backend,
             checkpoint_every=checkpoint_every,
+            drop_path=drop_path,
+            augment=None if augment == NO_AUGMENT else augment,
         )
         sampling = ClipSampling(num_frames=num_frames, frame_interval=frame_interval, size=size, crop=size)
         rlt = RLTConfig(threshold=threshold, drop_policy=drop_policy)  # type: ignore[arg-type]

@@ -1,9 +1,11 @@
 """Training on run-length tokens: the streaming loader, the packed-sequence ViT, the loop and eval."""
 
 from rlt.train._augment import (
+    NO_AUGMENT,
     Augmentation,
     AugmentConfig,
     augment,
+    centre_crop_tokens,
     crop_tokens,
     cutmix_tokens,
     draw_augmentation,
@@ -32,6 +34,7 @@ from rlt.train._optim import WarmupCosine, param_groups
 from rlt.train._weights import PretrainedWeights, export_hf, load_videomae_state_dict, read_pretrained
 
 __all__ = [
+    "NO_AUGMENT",
     "PRESETS",
     "STATE_VERSION",
     "AugmentConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "VideoViT",
     "WarmupCosine",
     "augment",
+    "centre_crop_tokens",
     "crop_tokens",
     "cutmix_tokens",
     "draw_augmentation",

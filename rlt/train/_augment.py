@@ -85,6 +85,10 @@ class AugmentConfig:
             raise ValueError(f"erase_aspect must be (low, high) with 0 < low <= high, got {self.erase_aspect!r}")
 
 
+# No augmentation at all: what `rlt-prep train` starts from without ``--recipe videomae``.
+NO_AUGMENT = AugmentConfig(flip=False, cutmix=0.0, label_smoothing=0.0, erase_prob=0.0)
+
+
 # The exact transforms ------------------------------------------------------------------------------
 
 
@@ -382,12 +386,7 @@ def draw_augmentation(
     h, w = grid
     top = left = size = None
     if config.crop is not None:
-        if config.crop % patch_size or config.crop > patch_size * min(h, w):
-            raise ValueError(
-                f"crop={config.crop} must be a multiple of patch_size={patch_size} and fit the stored "
-                f"{h * patch_size} x {w * patch_size} frames"
-            )
-        side = config.crop // patch_size
+        side = crop_side(config.crop, grid=grid, patch_size=patch_size)
         top = torch.from_numpy(rng.integers(0, h - side + 1, clips))
         left = torch.from_numpy(rng.integers(0, w - side + 1, clips))
         size, h, w = (side, side), side, side
@@ -411,6 +410,36 @@ def draw_augmentation(
         erase_box=erase_box,
         erase_seed=int(rng.integers(2**62)),
     )
+
+
+def crop_side(crop: int, *, grid: tuple[int, int], patch_size: int) -> int:
+    """``crop`` pixels in patches, checked to fit a grid of (rows, columns) patches.
+
+    Raises:
+        ValueError: a crop that is no multiple of the patch size or larger than the frames.
+    """
+    h, w = grid
+    if crop % patch_size or crop > patch_size * min(h, w):
+        raise ValueError(
+            f"crop={crop} must be a multiple of patch_size={patch_size} and fit the stored "
+            f"{h * patch_size} x {w * patch_size} frames"
+        )
+    return crop // patch_size
+
+
+def centre_crop_tokens(batch: PackedTokens, size: int) -> PackedTokens:
+    """Each clip cut to its centre ``size`` x ``size`` pixels, on the patch grid (where the margin is
+    an odd number of patches, the window sits one patch nearer the top left): how a model trained
+    on crops of larger stored frames is evaluated. The batch itself when it is that size already.
+    """
+    _, _, h, w = batch.keep.shape
+    side = crop_side(size, grid=(h, w), patch_size=batch.patch_size)
+    if (side, side) == (h, w):
+        return batch
+    b = batch.num_clips
+    top_B = torch.full((b,), (h - side) // 2, dtype=torch.int64)
+    left_B = torch.full((b,), (w - side) // 2, dtype=torch.int64)
+    return crop_tokens(batch, top_B=top_B, left_B=left_B, size=(side, side))
 
 
 def _cutmix_box(rng: np.random.Generator, alpha: float, h: int, w: int) -> tuple[int, int, int, int]:

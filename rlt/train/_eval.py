@@ -11,6 +11,7 @@ import torch
 
 from rlt.dataset._remote import is_url
 from rlt.pipeline import Backend, OnlinePipeline, PackedTokens, VideoDecodeError
+from rlt.train._augment import centre_crop_tokens
 from rlt.train._checkpoint import load_checkpoint
 from rlt.train._loader import TokenLoader, TokenStream
 from rlt.train._model import VideoViT, ViTConfig
@@ -58,7 +59,8 @@ def evaluate(
     Args:
         checkpoint: a ``step-*.pt`` file, or a run folder (its newest checkpoint).
         data: a dataset folder written by `rlt-prep tokenize` (its clips as stored) or its URL, or
-            a ``path,label`` manifest (decoded and tokenized as the checkpoint's data was).
+            a ``path,label`` manifest (decoded and tokenized as the checkpoint's data was). A model
+            trained on crops (``AugmentConfig.crop``) sees the centre crop of that size.
         device: by default CUDA when there is one.
         max_tokens: token budget of a batch of a dataset.
         clips_per_video: with a manifest, clips per video (default: as the checkpoint's data).
@@ -85,7 +87,8 @@ def evaluate(
     labels: dict[str, int] = {}
     clips = clip_correct = 0
     for batch in batches:
-        batch = batch.to(device, non_blocking=True)
+        # A model trained on crops of the stored frames sees their centre.
+        batch = centre_crop_tokens(batch.to(device, non_blocking=True), model.config.image_size)
         with autocast:
             logits = model(batch.tokens, batch.positions, batch.lengths, batch.cu_seqlens)
         p = logits.float().softmax(1).cpu()

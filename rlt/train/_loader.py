@@ -32,6 +32,7 @@ from rlt._checks import check_choice
 from rlt.dataset import ClipRecord, CorruptShardError, TokenDataset
 from rlt.dataset._remote import is_url
 from rlt.pipeline import PackedTokens
+from rlt.train._augment import one_clip_per_video
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class TokenStream(IterableDataset):
         prefetch: shards made ready ahead of the reader, in the order the plan reads them: fetched
             from a URL, or their checksums computed on a thread for a local dataset.
         cache_limit: for a URL, bytes the local cache of shards may hold (see `rlt.dataset.TokenDataset`).
+        one_clip_per_video: each epoch plans one of each video's stored clips, drawn anew every epoch
+            (`rlt.train.one_clip_per_video`; a pure function of (seed, epoch), so resuming stays exact).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class TokenStream(IterableDataset):
         drop_last: bool = False,
         prefetch: int = 2,
         cache_limit: int | None = None,
+        one_clip_per_video: bool = False,
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -101,6 +105,7 @@ class TokenStream(IterableDataset):
         self.prefetch, self.cache_limit = prefetch, cache_limit
         self.max_tokens, self.shuffle, self.seed, self.shuffle_buffer = max_tokens, shuffle, seed, shuffle_buffer
         self.on_error, self.drop_last = on_error, drop_last
+        self.one_clip_per_video = one_clip_per_video
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         self.epoch = 0
         self.start_batch = 0  # batches of this epoch already consumed (set by load_state_dict)
@@ -109,7 +114,8 @@ class TokenStream(IterableDataset):
         self.skipped_clips = 0
         # Metadata only: token counts per clip, read from the index's shards without hashing pixels
         # (from a URL, without fetching them).
-        dataset = TokenDataset(self.root, columns=["num_tokens"], verify=False, cache_limit=cache_limit)
+        columns = ["num_tokens", "video"] if one_clip_per_video else ["num_tokens"]
+        dataset = TokenDataset(self.root, columns=columns, verify=False, cache_limit=cache_limit)
         self._index = dataset.index  # read once: every epoch and worker plans from this one
         dataset.prefetch(range(len(dataset.shards)))  # from a URL: the metadata of many shards at once
         g = dataset.geometry
@@ -118,10 +124,12 @@ class TokenStream(IterableDataset):
         self.tubelet_size, self.patch_size = int(rlt["tubelet_size"]), int(rlt["patch_size"])
         self._shard_rows = [s.rows for s in dataset.shards]
         counts: list[np.ndarray] = []
+        videos: list[np.ndarray] = []
         self._bad: set[int] = set()
         for k, info in enumerate(dataset.shards):
             try:
-                counts.append(dataset.shard(k).column("num_tokens").astype(np.int64))
+                shard_counts = dataset.shard(k).column("num_tokens").astype(np.int64)
+                shard_videos = dataset.shard(k).column("video").astype(str) if one_clip_per_video else None
             except CorruptShardError as e:
                 if on_error == "raise":
                     raise
@@ -129,11 +137,18 @@ class TokenStream(IterableDataset):
                 self._bad.add(k)
                 self.skipped_shards.append(e.shard)
                 self.skipped_clips += info.rows
-                counts.append(np.zeros(info.rows, dtype=np.int64))
+                shard_counts, shard_videos = np.zeros(info.rows, dtype=np.int64), np.full(info.rows, "")
+            counts.append(shard_counts)
+            if shard_videos is not None:
+                videos.append(shard_videos)
             dataset.release(k)
         dataset.close()
         self._starts = np.cumsum([0, *self._shard_rows])  # shard k owns clips starts[k]:starts[k+1]
         self._clip_tokens = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        # With one_clip_per_video, each row's video (a corrupt shard's rows are skipped whatever they say).
+        self._videos: np.ndarray | None = np.concatenate(videos) if videos else None
+        if one_clip_per_video and self._videos is None:
+            self._videos = np.zeros(0, dtype=str)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -143,6 +158,10 @@ class TokenStream(IterableDataset):
         """This rank's batches for ``epoch``: each an array of global clip indices."""
         epoch = self.epoch if epoch is None else epoch
         order = self._order(epoch)
+        if self._videos is not None:
+            chosen = np.zeros(len(self._videos), dtype=bool)
+            chosen[one_clip_per_video(self._videos.tolist(), seed=self.seed, epoch=epoch)] = True
+            order = order[chosen[order]]
         if self._bad:
             shard_of = np.searchsorted(self._starts, order, side="right") - 1
             order = order[~np.isin(shard_of, list(self._bad))]
@@ -385,6 +404,9 @@ class TokenLoader:
             pin_memory=self.pin_memory,
             persistent_workers=False,
             multiprocessing_context="spawn" if self.num_workers and torch.cuda.is_available() else None,
+            # Its workers' base seed would otherwise be drawn from the global generator, at a point
+            # a resumed run does not reach the same way (drop path draws from it too).
+            generator=torch.Generator().manual_seed(self.stream.seed),
         )
         for item in loader:
             self.stream._count(item)
@@ -408,13 +430,15 @@ class TokenLoader:
             "max_tokens": self.stream.max_tokens,
             "rank": self.stream.rank,
             "world_size": self.stream.world_size,
+            "one_clip_per_video": self.stream.one_clip_per_video,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}")
         mine = self.state_dict()
-        for key in ("seed", "shuffle", "max_tokens", "rank", "world_size"):
+        state = {"one_clip_per_video": False, **state}  # written before it existed
+        for key in ("seed", "shuffle", "max_tokens", "rank", "world_size", "one_clip_per_video"):
             if state[key] != mine[key]:
                 raise ValueError(f"loader state has {key}={state[key]!r}, this loader {mine[key]!r}")
         self.stream.set_epoch(int(state["epoch"]))

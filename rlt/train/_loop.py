@@ -12,6 +12,11 @@ out, every rank ends the epoch there, and the others drop the rest of their shar
 A step still being gathered when an epoch ends carries over into the next; one still being
 gathered when training ends is dropped.
 
+With ``TrainConfig.augment``, each micro-batch's tokens are augmented on the device (`augment`), from
+draws that are a pure function of (seed, epoch, batch of the epoch, rank), so a resumed run draws
+what the uninterrupted one drew. `_micro_batches` yields the micro-batches, `_resume` and `_save`
+read and write checkpoints; the loop in `_train` is what is left.
+
 Files in ``out``: ``metrics.jsonl`` (one line per step), ``ckpt/step-*.pt`` (see `_checkpoint`),
 ``config.json``.
 """
@@ -23,6 +28,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,7 +42,8 @@ from rlt._checks import check_choice
 from rlt._lock import lock_output
 from rlt.dataset import open_atomic, remove_temporary_files
 from rlt.dataset._files import writing
-from rlt.pipeline import Backend, ClipSampling, RLTConfig
+from rlt.pipeline import Backend, ClipSampling, PackedTokens, RLTConfig
+from rlt.train._augment import AugmentConfig, augment, crop_side
 from rlt.train._checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -84,6 +91,12 @@ class TrainConfig:
         backend: decoder with ``online``.
         checkpoint_every: optimiser steps between checkpoints (one is always written at the end).
         keep_checkpoints: how many checkpoints to keep.
+        drop_path: stochastic depth of the model (`ViTConfig.drop_path`; VideoMAE fine-tunes ViT-B at
+            0.1).
+        augment: augmentation of each micro-batch's tokens, on the device (`AugmentConfig`; with a
+            ``crop``, the model is built at the crop's size); None trains on the clips as they come.
+            CutMix and label smoothing make the loss one over soft targets; the train accuracy stays
+            that of each clip's own label.
     """
 
     preset: str = "tiny"
@@ -105,6 +118,8 @@ class TrainConfig:
     backend: Backend = "auto"
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    drop_path: float = 0.0
+    augment: AugmentConfig | None = None
 
     def __post_init__(self) -> None:
         check_choice("preset", self.preset, PRESETS)
@@ -120,6 +135,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.drop_path < 1:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
 
 
 @dataclass
@@ -217,79 +234,51 @@ def _train(
             num_workers=config.num_workers,
             rank=rank,
             world_size=world,
+            one_clip_per_video=config.augment is not None and config.augment.one_clip_per_video,
         )
     spec = source.spec
 
-    # 3. Model, the same on every rank (DDP also broadcasts rank 0's weights).
+    # 3. The checkpoint to go on from, if any, checked against this run's options and data.
+    ckpt = _resume(out, resume, config, spec, rank, world)
+
+    # 4. Model, the same on every rank (DDP also broadcasts rank 0's weights): a resumed run's is the
+    # checkpoint's (it may have come from --init weights, with their norms, pooling and embeddings).
     torch.manual_seed(config.seed)
-    model_config = PRESETS[config.preset](
-        spec.num_classes,
-        num_frames=spec.sampling.num_frames,
-        image_size=spec.sampling.crop,
-        tubelet_size=spec.rlt.tubelet_size,
-        patch_size=spec.rlt.patch_size,
-        run_length_embedding=config.run_length_embedding,
-    )
-    model = VideoViT(model_config)
+    if ckpt is not None:
+        model = VideoViT(ViTConfig(**ckpt["model_config"]))
+    else:
+        model = VideoViT(_model_config(config, spec))
+        if init is not None:
+            model = _load_init(model, Path(init), config.preset)
+    model_config = model.config
     dense_per_clip = math.prod(model_config.grid)  # tokens of a clip with none dropped
-    if init is not None:
-        model = _load_init(model, Path(init), config.preset)
-        model_config = model.config
     model.to(device)
     ddp = None
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     forward = ddp or model
 
-    # 4. Optimiser and schedule.
+    # 5. Optimiser and schedule; a resumed run's state.
     optimizer = torch.optim.AdamW(
         param_groups(model, weight_decay=config.weight_decay, layer_decay=config.layer_decay),
         lr=config.lr,
         betas=(0.9, 0.999),
     )
     schedule = WarmupCosine(lr=config.lr, min_lr=config.min_lr, warmup_steps=config.warmup_steps)
-
-    # 5. Resume: model, optimiser, schedule, this rank's loader and generators, and the step.
     step = 0
     checkpoint: Path | None = None  # rank 0's newest
     metrics_path = out / METRICS
-    if rank == 0:  # a run killed while saving left them; this one holds the folder's lock
-        remove_temporary_files(out)
-        if (out / CHECKPOINTS).is_dir():
-            remove_temporary_files(out / CHECKPOINTS)
-    if resume and not list_checkpoints(out / CHECKPOINTS):
-        # It died before its first checkpoint: there is nothing to resume, so it starts again.
-        log.info("%s holds no checkpoint yet: the run starts at step 0", out)
-        resume = False
-    if resume:
-        ckpt = load_checkpoint(out / CHECKPOINTS)
-        if len(ckpt["loaders"]) != world:
-            raise ValueError(f"{ckpt['path']} was written by {len(ckpt['loaders'])} ranks, this run has {world}")
-        changed = sorted(k for k, v in asdict(config).items() if ckpt["train_config"].get(k) != v)
-        changed += spec.differences(DataSpec.from_dict(ckpt["data"]))
-        if set(changed) - _MAY_CHANGE_ON_RESUME:
-            raise ValueError(
-                f"{ckpt['path']} was written with other options or data ({', '.join(changed)}); "
-                "resume with the same ones, or start a new run folder"
-            )
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
         source.load_state_dict(ckpt["loaders"][rank])
         set_rng_state(ckpt["rng"][rank])
         step, checkpoint = int(ckpt["step"]), Path(ckpt["path"])
-        if rank == 0:
-            _truncate_metrics(metrics_path, step)
         log.info("resumed from %s at step %d", ckpt["path"], step)
-    else:
-        # Metrics without a checkpoint are those of a run that died before its first checkpoint
-        # (it held the folder's lock, so it is not running): it starts again here.
-        if list_checkpoints(out / CHECKPOINTS):
-            raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or use a new folder")
-        if rank == 0:
-            metrics_path.unlink(missing_ok=True)
-            with open_atomic(out / "config.json") as f:
-                json.dump({"train": asdict(config), "data": spec.to_dict(), "model": asdict(model_config)}, f, indent=1)
+    elif rank == 0:
+        with open_atomic(out / "config.json") as f:
+            json.dump({"train": asdict(config), "data": spec.to_dict(), "model": asdict(model_config)}, f, indent=1)
 
     def finished() -> bool:
         return (config.max_steps is not None and step >= config.max_steps) or (
@@ -297,29 +286,7 @@ def _train(
         )
 
     def save() -> Path | None:
-        # Every rank's loader position and generators, gathered to rank 0, which writes.
-        states = [(source.state_dict(), rng_state())]
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, states[0])
-            states = gathered
-        if rank != 0:
-            return None
-        return save_checkpoint(
-            out / CHECKPOINTS,
-            step,
-            {
-                "model": model.state_dict(),
-                "model_config": asdict(model_config),
-                "train_config": asdict(config),
-                "data": spec.to_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "loaders": [s for s, _ in states],
-                "rng": [r for _, r in states],
-            },
-            keep=config.keep_checkpoints,
-        )
+        return _save(out, step, config, spec, model, optimizer, schedule, source, rank=rank, world=world)
 
     # 6. The loop. Accumulators of the step being gathered:
     step_tokens = step_clips = micro = 0
@@ -332,83 +299,66 @@ def _train(
     metrics = open(metrics_path, "a") if rank == 0 else None  # noqa: SIM115 (closed in finally)
     model.train()
     try:
-        while not finished():
-            epoch, batches_in_epoch = source.epoch, max(len(source), 1)
-            batches = iter(source)
-            while not finished():
-                batch = next(batches, None)
-                # Agreed by all ranks before any of them runs the micro-batch.
-                epoch_progress = (epoch + source.batches_done / batches_in_epoch) / (config.epochs or math.inf)
-                tokens, clips, have, progress = _sum_over_ranks(
-                    [batch.num_tokens, batch.num_clips, 1, epoch_progress] if batch else [0, 0, 0, epoch_progress],
-                    world,
-                    device,
-                )
-                if batch is None or have < world:
-                    break  # some rank's share of the epoch is done
-                step_tokens, step_clips, micro = step_tokens + int(tokens), step_clips + int(clips), micro + 1
-                ends_step = config.tokens_per_step is None or step_tokens >= config.tokens_per_step
-                batch = batch.to(device, non_blocking=True)
-                # Gradients of the step's earlier micro-batches stay local; the last one all-reduces them.
-                with ddp.no_sync() if ddp is not None and not ends_step else nullcontext():
-                    with autocast:
-                        logits = forward(batch.tokens, batch.positions, batch.lengths, batch.cu_seqlens)
-                    loss = F.cross_entropy(logits.float(), batch.require_labels(), reduction="sum")
-                    loss.backward()
-                loss_sum += loss.detach()
-                correct += (logits.argmax(1) == batch.require_labels()).sum()
-                if not ends_step:
-                    continue
+        for mb in _micro_batches(source, config, finished=finished, rank=rank, world=world, device=device):
+            step_tokens, step_clips, micro = step_tokens + mb.tokens, step_clips + mb.clips, micro + 1
+            ends_step = config.tokens_per_step is None or step_tokens >= config.tokens_per_step
+            batch, labels = mb.batch, mb.batch.require_labels()
+            # Gradients of the step's earlier micro-batches stay local; the last one all-reduces them.
+            with ddp.no_sync() if ddp is not None and not ends_step else nullcontext():
+                with autocast:
+                    logits = forward(batch.tokens, batch.positions, batch.lengths, batch.cu_seqlens)
+                loss = F.cross_entropy(logits.float(), mb.targets, reduction="sum")
+                loss.backward()
+            loss_sum += loss.detach()
+            correct += (logits.argmax(1) == labels).sum()  # of each clip's own label, CutMix or not
+            if not ends_step:
+                continue
 
-                # The optimiser step. The loss was summed; DDP averaged over ranks: make it the mean
-                # over the step's clips.
-                for param in model.parameters():
-                    if param.grad is not None:
-                        param.grad.mul_(world / step_clips)
-                grad_norm = (
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    if config.grad_clip is not None
-                    else None
-                )
-                step_progress = (step + 1) / config.max_steps if config.max_steps else 0.0
-                lr = schedule.apply(optimizer, step, max(step_progress, progress / world))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
+            # The optimiser step. The loss was summed; DDP averaged over ranks: make it the mean
+            # over the step's clips.
+            for param in model.parameters():
+                if param.grad is not None:
+                    param.grad.mul_(world / step_clips)
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                if config.grad_clip is not None
+                else None
+            )
+            step_progress = (step + 1) / config.max_steps if config.max_steps else 0.0
+            lr = schedule.apply(optimizer, step, max(step_progress, mb.progress))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
 
-                total_loss, total_correct = _sum_over_ranks([loss_sum, correct], world, device)
-                now = time.perf_counter()
-                last = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": float(total_loss) / step_clips,
-                    "accuracy": float(total_correct) / step_clips,
-                    "lr": lr,
-                    "grad_norm": None if grad_norm is None else float(grad_norm),
-                    "tokens": step_tokens,
-                    "clips": step_clips,
-                    "micro_batches": micro,
-                    "kept_ratio": step_tokens / (step_clips * dense_per_clip),
-                    "tokens_per_s": step_tokens / (now - last_time),
-                    "clips_per_s": step_clips / (now - last_time),
-                    "seconds": now - started,
-                }
-                last_time = now
-                if metrics is not None:
-                    with writing(metrics_path):
-                        metrics.write(json.dumps(last) + "\n")
-                        metrics.flush()
-                if bar is not None:
-                    bar.update(step, epoch * batches_in_epoch + source.batches_done, last)
-                step_tokens = step_clips = micro = 0
-                loss_sum.zero_()
-                correct.zero_()
-                if step % config.checkpoint_every == 0:
-                    checkpoint, saved_step = save() or checkpoint, step
-            else:
-                break  # finished mid-epoch
-            # The epoch is over (for all ranks at once); a partly gathered step carries over.
-            source.set_epoch(epoch + 1)
+            total_loss, total_correct = _sum_over_ranks([loss_sum, correct], world, device)
+            now = time.perf_counter()
+            last = {
+                "step": step,
+                "epoch": mb.epoch,
+                "loss": float(total_loss) / step_clips,
+                "accuracy": float(total_correct) / step_clips,
+                "lr": lr,
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+                "tokens": step_tokens,
+                "clips": step_clips,
+                "micro_batches": micro,
+                "kept_ratio": step_tokens / (step_clips * dense_per_clip),
+                "tokens_per_s": step_tokens / (now - last_time),
+                "clips_per_s": step_clips / (now - last_time),
+                "seconds": now - started,
+            }
+            last_time = now
+            if metrics is not None:
+                with writing(metrics_path):
+                    metrics.write(json.dumps(last) + "\n")
+                    metrics.flush()
+            if bar is not None:
+                bar.update(step, mb.epoch * mb.batches_in_epoch + source.batches_done, last)
+            step_tokens = step_clips = micro = 0
+            loss_sum.zero_()
+            correct.zero_()
+            if step % config.checkpoint_every == 0:
+                checkpoint, saved_step = save() or checkpoint, step
         if saved_step != step:
             checkpoint = save() or checkpoint
     finally:
@@ -420,6 +370,168 @@ def _train(
     return TrainSummary(
         out=out, steps=step, epoch=source.epoch, seconds=time.perf_counter() - started, checkpoint=checkpoint, last=last
     )
+
+
+def _model_config(config: TrainConfig, spec: DataSpec) -> ViTConfig:
+    """The preset for the data's clips; trained on crops of the stored frames, at the crop's size."""
+    image_size = spec.sampling.crop
+    crop = config.augment.crop if config.augment is not None else None
+    if crop is not None and image_size is not None:
+        stored = image_size // spec.rlt.patch_size
+        crop_side(crop, grid=(stored, stored), patch_size=spec.rlt.patch_size)  # it fits, or says why not
+        image_size = crop
+    return PRESETS[config.preset](
+        spec.num_classes,
+        num_frames=spec.sampling.num_frames,
+        image_size=image_size,
+        tubelet_size=spec.rlt.tubelet_size,
+        patch_size=spec.rlt.patch_size,
+        run_length_embedding=config.run_length_embedding,
+        drop_path=config.drop_path,
+    )
+
+
+def _resume(
+    out: Path, resume: bool, config: TrainConfig, spec: DataSpec, rank: int, world: int
+) -> dict[str, Any] | None:
+    """The newest checkpoint of ``out``, checked to be this run's, when resuming; else None, after
+    making sure ``out`` holds no other run.
+
+    A run killed while saving left temporary files, and one killed before its first checkpoint left
+    metrics: this run holds the folder's lock, so they are no one's, and go.
+    """
+    metrics_path = out / METRICS
+    if rank == 0:
+        remove_temporary_files(out)
+        if (out / CHECKPOINTS).is_dir():
+            remove_temporary_files(out / CHECKPOINTS)
+    if resume and not list_checkpoints(out / CHECKPOINTS):
+        # It died before its first checkpoint: there is nothing to resume, so it starts again.
+        log.info("%s holds no checkpoint yet: the run starts at step 0", out)
+        resume = False
+    if not resume:
+        if list_checkpoints(out / CHECKPOINTS):
+            raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or use a new folder")
+        if rank == 0:
+            metrics_path.unlink(missing_ok=True)
+        return None
+    ckpt = load_checkpoint(out / CHECKPOINTS)
+    if len(ckpt["loaders"]) != world:
+        raise ValueError(f"{ckpt['path']} was written by {len(ckpt['loaders'])} ranks, this run has {world}")
+    # Options a checkpoint does not list are older than it: it was written with their defaults.
+    saved = {**asdict(TrainConfig()), **ckpt["train_config"]}
+    changed = sorted(k for k, v in asdict(config).items() if saved[k] != v)
+    changed += spec.differences(DataSpec.from_dict(ckpt["data"]))
+    if set(changed) - _MAY_CHANGE_ON_RESUME:
+        raise ValueError(
+            f"{ckpt['path']} was written with other options or data ({', '.join(changed)}); "
+            "resume with the same ones, or start a new run folder"
+        )
+    if rank == 0:
+        _truncate_metrics(metrics_path, int(ckpt["step"]))
+    return ckpt
+
+
+def _save(
+    out: Path,
+    step: int,
+    config: TrainConfig,
+    spec: DataSpec,
+    model: VideoViT,
+    optimizer: torch.optim.Optimizer,
+    schedule: WarmupCosine,
+    source: Source,
+    *,
+    rank: int,
+    world: int,
+) -> Path | None:
+    """A checkpoint of the run at ``step``: every rank's loader position and generators, gathered to
+    rank 0, which writes (collective: every rank calls it). Rank 0 gets its path, the others None."""
+    states = [(source.state_dict(), rng_state())]
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, states[0])
+        states = gathered
+    if rank != 0:
+        return None
+    return save_checkpoint(
+        out / CHECKPOINTS,
+        step,
+        {
+            "model": model.state_dict(),
+            "model_config": asdict(model.config),
+            "train_config": asdict(config),
+            "data": spec.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "loaders": [s for s, _ in states],
+            "rng": [r for _, r in states],
+        },
+        keep=config.keep_checkpoints,
+    )
+
+
+@dataclass
+class _MicroBatch:
+    """One micro-batch of this rank, on the device and augmented, with what all ranks hold together.
+
+    Attributes:
+        targets: int64 ``[B]`` labels, or float32 ``[B, K]`` targets where augmentation mixes or
+            smooths them.
+        tokens, clips: of this micro-batch over all ranks.
+        progress: the share of the run's epochs done, averaged over ranks (for the schedule).
+    """
+
+    batch: PackedTokens
+    targets: torch.Tensor
+    tokens: int
+    clips: int
+    epoch: int
+    batches_in_epoch: int
+    progress: float
+
+
+def _micro_batches(
+    source: Source,
+    config: TrainConfig,
+    *,
+    finished: Callable[[], bool],
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> Iterator[_MicroBatch]:
+    """This rank's micro-batches, epoch after epoch, until ``finished()`` (asked before each one).
+
+    The ranks agree before every micro-batch that each of them has one: when one rank's share of an
+    epoch runs out, every rank ends the epoch there. A batch's augmentation is drawn from (seed,
+    epoch, batch of the epoch, rank), so a resumed run draws the same.
+    """
+    while not finished():
+        epoch, batches_in_epoch = source.epoch, max(len(source), 1)
+        batches = iter(source)
+        while not finished():
+            batch = next(batches, None)
+            targets = None
+            if batch is not None:
+                batch = batch.to(device, non_blocking=True)
+                if config.augment is None:
+                    targets = batch.require_labels()
+                else:
+                    draw = (config.seed, epoch, source.batches_done, rank)
+                    batch, targets = augment(batch, config.augment, num_classes=source.spec.num_classes, rng=draw)
+            epoch_progress = (epoch + source.batches_done / batches_in_epoch) / (config.epochs or math.inf)
+            tokens, clips, have, progress = _sum_over_ranks(
+                [batch.num_tokens, batch.num_clips, 1, epoch_progress] if batch else [0, 0, 0, epoch_progress],
+                world,
+                device,
+            )
+            if batch is None or targets is None or have < world:
+                break  # some rank's share of the epoch is done
+            yield _MicroBatch(batch, targets, int(tokens), int(clips), epoch, batches_in_epoch, progress / world)
+        else:
+            return  # finished mid-epoch
+        # The epoch is over (for all ranks at once); a partly gathered step carries over.
+        source.set_epoch(epoch + 1)
 
 
 def _init_distributed() -> tuple[int, int, int]:

@@ -119,10 +119,26 @@ class Source:
 
 
 def offline_source(
-    root: str | Path, *, max_tokens: int, seed: int, num_workers: int, rank: int, world_size: int
+    root: str | Path,
+    *,
+    max_tokens: int,
+    seed: int,
+    num_workers: int,
+    rank: int,
+    world_size: int,
+    one_clip_per_video: bool = False,
 ) -> Source:
-    """Shuffled batches of at most ``max_tokens`` tokens from a dataset written by `rlt-prep tokenize`."""
-    stream = TokenStream(root, max_tokens=max_tokens, shuffle=True, seed=seed, rank=rank, world_size=world_size)
+    """Shuffled batches of at most ``max_tokens`` tokens from a dataset written by `rlt-prep tokenize`;
+    with ``one_clip_per_video``, of one of each video's stored clips per epoch."""
+    stream = TokenStream(
+        root,
+        max_tokens=max_tokens,
+        shuffle=True,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        one_clip_per_video=one_clip_per_video,
+    )
     return Source(dataset_spec(root), TokenLoader(stream, num_workers=num_workers))
 
 
