@@ -158,7 +158,7 @@ def test_compose_is_valid_and_runs_the_job_against_the_head() -> None:
 def test_the_ray_floor_is_the_first_release_with_token_auth() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     # Ray's docs: token authentication (RAY_AUTH_MODE=token) is available from Ray 2.52.0.
-    assert '"ray[default]>=2.52"' in pyproject
+    assert '"ray[default,serve]>=2.52"' in pyproject
 
 
 def test_compose_refuses_to_start_without_a_ray_token() -> None:

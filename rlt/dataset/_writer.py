@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -130,24 +131,29 @@ class ShardWriter:
         return meta, True
 
     def _columns(self) -> dict[str, np.ndarray]:
-        """The shard's columns (see FORMAT.md), concatenated once from the added batches."""
-        g = self.geometry
+        return packed_columns(self._batches, self.geometry)
 
-        def cat(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-            parts = [getattr(b, name).numpy() for b in self._batches]
-            return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(shape, dtype=dtype)
 
-        counts = np.array([n for b in self._batches for n in b.seqlens().tolist()], dtype=np.int64)
-        offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        return {
-            "video": np.array([v for b in self._batches for v in b.videos or ()], dtype=object),
-            "label": cat("labels", (0,), np.int64),
-            "clip": np.array([c for b in self._batches for c in b.clip_ids or ()], dtype=np.int32),
-            "frame_indices": cat("frame_indices", (0, g.frames), np.int32),
-            "padded": cat("padded", (0, g.tubelets), np.bool_),
-            "token_offsets": offsets,
-            "positions": cat("positions", (0, 3), np.int16),
-            "lengths": cat("lengths", (0,), np.int16),
-            "tokens": cat("tokens", (0, g.token_dim), np.uint8),
-        }
+def packed_columns(batches: Sequence[PackedTokens], geometry: Geometry) -> dict[str, np.ndarray]:
+    """The columns (see FORMAT.md) of CPU batches that say what each clip is, concatenated once:
+    a shard's, or the clips of one `rlt-prep serve` response."""
+    g = geometry
+
+    def cat(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        parts = [getattr(b, name).numpy() for b in batches]
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(shape, dtype=dtype)
+
+    counts = np.array([n for b in batches for n in b.seqlens().tolist()], dtype=np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return {
+        "video": np.array([v for b in batches for v in b.videos or ()], dtype=object),
+        "label": cat("labels", (0,), np.int64),
+        "clip": np.array([c for b in batches for c in b.clip_ids or ()], dtype=np.int32),
+        "frame_indices": cat("frame_indices", (0, g.frames), np.int32),
+        "padded": cat("padded", (0, g.tubelets), np.bool_),
+        "token_offsets": offsets,
+        "positions": cat("positions", (0, 3), np.int16),
+        "lengths": cat("lengths", (0,), np.int16),
+        "tokens": cat("tokens", (0, g.token_dim), np.uint8),
+    }

@@ -81,19 +81,7 @@ class Executor:
             self._threads.stop()
             self._threads.join()
         if self._started_ray:
-            import ray
-
-            session = self._session_dir()
-            ray.shutdown()
-            if session is not None and self.address is None:
-                # The embedded Ray's logs and sockets: nothing of the run stays outside OUT.
-                shutil.rmtree(session, ignore_errors=True)
-                for leftover in session.parent.iterdir():  # links to the session, now dangling
-                    if leftover.is_symlink() and not leftover.exists():
-                        leftover.unlink()
-                if session.parent.name.startswith("rlt-prep-ray-"):
-                    with contextlib.suppress(OSError):  # another run's session may still be there
-                        session.parent.rmdir()
+            shutdown_ray(embedded=self.address is None)
 
     def run(self, out: str | Path, pending: list[ShardSpec]) -> Iterator[dict[str, Any]]:
         """Runs the pending shards and yields each one's result as it completes."""
@@ -154,22 +142,7 @@ class Executor:
         import ray
 
         if not ray.is_initialized():
-            if self.address:
-                check_reachable(self.address)
-                ray.init(address=self.address, logging_level=logging.WARNING)
-            else:
-                _say_if_a_local_head_runs()
-                ray.init(
-                    # "local": a new instance of our own, even where `ray start` left a head (or
-                    # its record) that ray.init would otherwise join.
-                    address="local",
-                    num_cpus=self.workers,
-                    include_dashboard=False,
-                    logging_level=logging.WARNING,
-                    object_store_memory=200 * 1024 * 1024,
-                    # Ray's session files go to our cache folder, not the system's temp folder.
-                    _temp_dir=str(ray_temp_dir()),
-                )
+            start_ray(self.address, num_cpus=self.workers)
             self._started_ray = True
         resources = ray.cluster_resources()
         if self.gpus_per_task is None:
@@ -186,15 +159,57 @@ class Executor:
             self.workers = max(int(resources.get("CPU", 1)), 1)
         return ray
 
-    def _session_dir(self) -> Path | None:
-        import ray
 
-        # Ray names its session folder only through its node object (no public API as of Ray 2.60).
-        node = getattr(ray._private.worker, "_global_node", None)
-        try:
-            return Path(node.get_session_dir_path()) if node is not None else None
-        except AttributeError:
-            return None
+def start_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+    """Joins the Ray cluster at ``address``, or starts an embedded local Ray of ``num_cpus`` CPUs
+    (default: the usable cores) whose session files go to `ray_temp_dir`."""
+    import ray
+
+    if address:
+        check_reachable(address)
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    _say_if_a_local_head_runs()
+    ray.init(
+        # "local": a new instance of our own, even where `ray start` left a head (or
+        # its record) that ray.init would otherwise join.
+        address="local",
+        num_cpus=num_cpus or usable_cores(),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        object_store_memory=200 * 1024 * 1024,
+        # Ray's session files go to our cache folder, not the system's temp folder.
+        _temp_dir=str(ray_temp_dir()),
+    )
+
+
+def shutdown_ray(*, embedded: bool) -> None:
+    """Shuts down this process's Ray; for an ``embedded`` one (`start_ray` without an address),
+    removes its session files too."""
+    import ray
+
+    session = _session_dir()
+    ray.shutdown()
+    if session is not None and embedded:
+        # The embedded Ray's logs and sockets: nothing of the run stays outside OUT.
+        shutil.rmtree(session, ignore_errors=True)
+        for leftover in session.parent.iterdir():  # links to the session, now dangling
+            if leftover.is_symlink() and not leftover.exists():
+                leftover.unlink()
+        if session.parent.name.startswith("rlt-prep-ray-"):
+            with contextlib.suppress(OSError):  # another run's session may still be there
+                session.parent.rmdir()
+
+
+def _session_dir() -> Path | None:
+    import ray
+
+    # Ray names its session folder only through its node object (no public API as of Ray 2.60).
+    node = getattr(ray._private.worker, "_global_node", None)
+    try:
+        return Path(node.get_session_dir_path()) if node is not None else None
+    except AttributeError:
+        return None
 
 
 # How long a Ray address may take to answer before the job says it cannot be reached.

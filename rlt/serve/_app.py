@@ -1,0 +1,234 @@
+"""The Serve deployment: the HTTP API, and the replica that decodes and tokenizes.
+
+Each replica owns one decoder (one per GPU): concurrent requests are gathered by `serve.batch` and
+their videos decoded together (one DALI batch on a GPU), then each video is tokenized alone, as
+`tokenize_video` does, so a response equals `tokenize_video` on the same file bit for bit.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime, and
+# Serve's ingress wraps the methods where string annotations no longer resolve.
+import asyncio
+import hmac
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from ray import serve
+
+from rlt.dataset._files import cache_root
+from rlt.pipeline import VideoDecodeError, decode_clips, tokenize_clips
+from rlt.serve._config import RequestOptions, ServeConfig, parse_options
+from rlt.serve._stats import Stats
+from rlt.serve._wire import MEDIA_TYPE, to_arrow_stream
+
+api = FastAPI(title="rlt-prep serve")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's video, waiting for its batch."""
+
+    name: str
+    path: str
+    options: RequestOptions
+
+
+_UPLOADS = "uploads"
+
+
+def _remove_dead_uploads(root: Path) -> None:
+    """Removes the upload folders of replicas of this host that died without cleaning up (killed)."""
+    import psutil  # Ray's own dependency
+
+    prefix = f"{_UPLOADS}-{socket.gethostname()}-"
+    for folder in root.glob(f"{prefix}*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    async for chunk in request.stream():  # chunked: read it (a path request's body is empty)
+        if chunk:
+            return True
+    return False
+
+
+# Serve pickles the class when it is decorated: what it uses must be defined above it.
+@serve.deployment(max_ongoing_requests=64)
+@serve.ingress(api)
+class Tokenizer:
+    """The ingress and the tokenizer in one replica: the request's bytes go to disk here, where they
+    are decoded, and never through Ray's object store."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        # Uploads are written here and removed after decoding; the folder goes with the replica.
+        root = cache_root() / "serve"
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_dead_uploads(root)
+        self.uploads = Path(tempfile.mkdtemp(prefix=f"{_UPLOADS}-{socket.gethostname()}-{os.getpid()}-", dir=root))
+        self.allow_root = os.path.realpath(config.allow_root) if config.allow_root else None
+        batched: Any = self._tokenize_batch  # serve.batch's setters, which its type hints do not show
+        batched.set_max_batch_size(config.max_batch_size)
+        batched.set_batch_wait_timeout_s(config.batch_wait_s)
+
+    def __del__(self) -> None:
+        shutil.rmtree(getattr(self, "uploads", ""), ignore_errors=True)
+
+    # --- the endpoints -------------------------------------------------------------------------
+
+    @api.get("/healthz")
+    def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/v1/status")
+    def status(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse(self.stats.snapshot())
+
+    @api.get("/metrics")
+    def metrics(self, request: Request) -> PlainTextResponse:
+        self._authorize(request)
+        return PlainTextResponse(self.stats.prometheus(), media_type="text/plain; version=0.0.4")
+
+    @api.post("/v1/tokenize")
+    async def tokenize(self, request: Request) -> Response:
+        started = time.monotonic()
+        self.stats.begin()
+        code = 500
+        try:
+            response = await self._tokenize(request)
+            code = 200
+            return response
+        except HTTPException as e:
+            code = e.status_code
+            raise
+        finally:
+            self.stats.end(code, time.monotonic() - started)
+
+    # --- the work ------------------------------------------------------------------------------
+
+    async def _tokenize(self, request: Request) -> Response:
+        self._authorize(request)
+        query = dict(request.query_params)
+        try:
+            options = parse_options(query)
+        except ValueError as e:
+            raise HTTPException(400 if "unknown option" in str(e) else 422, str(e)) from None
+        if "path" in query:
+            if await _has_body(request):
+                raise HTTPException(400, "give either the video's bytes as the body or path=, not both")
+            path = self._allowed_path(query["path"])
+            job = Job(query.get("name", query["path"]), path, options)
+            return await self._run(job)
+        upload = await self._receive(request)
+        try:
+            return await self._run(Job(query.get("name", "upload"), str(upload), options))
+        finally:
+            upload.unlink(missing_ok=True)
+
+    async def _run(self, job: Job) -> Response:
+        result = await self._tokenize_batch(job)
+        if isinstance(result, VideoDecodeError):
+            raise HTTPException(422, f"{job.name}: not a video this server can decode: {result.reason}")
+        if isinstance(result, ValueError):
+            raise HTTPException(422, f"{job.name}: {result}")
+        return Response(result, media_type=MEDIA_TYPE)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _tokenize_batch(self, jobs: list[Job]) -> list[bytes | VideoDecodeError | ValueError]:
+        # The decoders and torch release the GIL; a thread keeps the event loop taking requests.
+        return await asyncio.to_thread(self._work, jobs)
+
+    def _work(self, jobs: list[Job]) -> list[bytes | VideoDecodeError | ValueError]:
+        results: list[bytes | VideoDecodeError | ValueError] = [ValueError("not run")] * len(jobs)
+        groups: dict[Any, list[int]] = {}
+        for k, job in enumerate(jobs):
+            groups.setdefault(job.options.decode_key, []).append(k)
+        for (sampling, backend), members in groups.items():
+            decoded = decode_clips([(jobs[k].name, jobs[k].path) for k in members], sampling=sampling, backend=backend)
+            for k, item in zip(members, decoded, strict=True):
+                if isinstance(item, VideoDecodeError):
+                    self.stats.failed(1)
+                    results[k] = item
+                    continue
+                try:
+                    packed = tokenize_clips([item], jobs[k].options.rlt)
+                except ValueError as e:  # options that do not fit the clip (e.g. frames and tubelets)
+                    self.stats.failed(1)
+                    results[k] = e
+                    continue
+                self.stats.done(clips=packed.num_clips, kept=packed.tokens.shape[0], dense=packed.dense_tokens)
+                results[k] = to_arrow_stream(packed)
+        return results
+
+    async def _receive(self, request: Request) -> Path:
+        """The body, written to a file of the replica's upload folder; 413 past the size limit."""
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, f"the body is {int(declared)} bytes; this server takes at most {limit}")
+        fd, name = tempfile.mkstemp(dir=self.uploads, suffix=".video")
+        path, size = Path(name), 0
+        try:
+            with os.fdopen(fd, "wb") as file:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise HTTPException(413, f"the body is over {limit} bytes, the most this server takes")
+                    file.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if size == 0:
+            path.unlink(missing_ok=True)
+            raise HTTPException(400, "the body is empty: post the video's bytes, or give path=")
+        return path
+
+    def _allowed_path(self, given: str) -> str:
+        """``given`` (a path, or a file:// URL), resolved; 403 outside the allowed root."""
+        if self.allow_root is None:
+            raise HTTPException(403, "this server takes no paths: it was started without --allow-root")
+        url = urlparse(given)
+        if url.scheme == "file":
+            given = unquote(url.path)
+        elif url.scheme and len(url.scheme) > 1:  # "C:" aside, a scheme we do not fetch
+            raise HTTPException(
+                400, f"{given}: only paths and file:// URLs are served; fetching {url.scheme}:// is not built yet"
+            )
+        # The real path: a link inside the root that points outside it is outside.
+        real = os.path.realpath(os.path.join(self.allow_root, given))
+        if os.path.commonpath([real, self.allow_root]) != self.allow_root:
+            raise HTTPException(403, f"{given} is outside the allowed root {self.config.allow_root}")
+        if not os.path.isfile(real):
+            raise HTTPException(404, f"{given}: no such file under the allowed root")
+        return real
+
+    def _authorize(self, request: Request) -> None:
+        token = self.config.token
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise HTTPException(
+                401,
+                "missing bearer token: send 'Authorization: Bearer <token>'" if not given else "wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
