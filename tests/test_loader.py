@@ -131,6 +131,10 @@ def test_corrupt_shard_raises_with_its_name_or_is_skipped_and_counted(tmp_path: 
     assert sum(b.num_clips for b in batches) == 12
     assert stream.skipped_shards == [str(copy / "shards" / "shard-00002")] and stream.skipped_clips == 4
     assert all(not v.startswith(("sample_004", "sample_005")) for b in batches for v in b.videos)
+    # With one clip per video: one of each of the 6 videos of the other shards.
+    stream = TokenStream(copy, max_tokens=MAX_TOKENS, on_error="skip", one_clip_per_video=True)
+    videos = [v for b in TokenLoader(stream) for v in b.videos]
+    assert len(videos) == len(set(videos)) == 6
 
 
 @pytest.mark.needs_cuda

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from rlt.cli import app
 from rlt.dataset import open_dataset
-from rlt.pipeline import ClipSampling, OnlinePipeline, RLTConfig
+from rlt.pipeline import ClipSampling, FrameAugment, OnlinePipeline, RLTConfig
 from rlt.samples import make_samples, synthetic_clip, write_video
 from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
 from rlt.train import (
@@ -148,7 +148,7 @@ def test_eval_averages_each_videos_clips(tmp_path: Path, direction: dict[str, Pa
     assert result.top5 == 1.0  # two classes
 
 
-@pytest.mark.parametrize("source", ["dataset", "online", "recipe"])
+@pytest.mark.parametrize("source", ["dataset", "online", "recipe", "online-recipe"])
 def test_a_killed_run_resumes_with_the_same_losses_step_for_step(
     tmp_path: Path, direction: dict[str, Path], motion: dict[str, Path], source: str
 ) -> None:
@@ -163,7 +163,9 @@ def test_a_killed_run_resumes_with_the_same_losses_step_for_step(
     else:  # one training clip per video, at an offset that changes with the epoch
         args = ["train", "--online", str(direction["val_manifest"]), "--epochs", "3", "--videos-per-batch", "2"]
         args += ["--num-frames", "8", "--frame-interval", "2", "--size", "64", "--backend", "decord"]
-        args += ["--tokens-per-step", "100"]
+        args += ["--tokens-per-step", "100" if source == "online" else "40"]
+        if source == "online-recipe":  # random resized crops of the pixels (fewer tokens), then the recipe
+            args += ["--frame-crop", "48", "--recipe", "videomae"]
     args += ["--warmup-steps", "5", "--checkpoint-every", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     whole = tmp_path / "whole"
@@ -307,6 +309,23 @@ def test_online_training_from_raw_videos_and_eval_on_the_manifest(tmp_path: Path
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary.steps == 4 and [m["clips"] for m in metrics] == [8] * 4  # one training clip per video
     assert all(0 < m["kept_ratio"] < 1 for m in metrics)
+    result = evaluate(tmp_path / "run", manifest, clips_per_video=2, backend="decord")
+    assert result.videos == 32 and result.clips == 64
+
+
+def test_online_training_on_random_resized_crops_and_eval_at_their_size(
+    tmp_path: Path, direction: dict[str, Path]
+) -> None:
+    manifest = direction["val_manifest"]
+    sampling = ClipSampling(num_frames=8, frame_interval=2, size=64, crop=None)  # 64 x 96 frames, cropped to 48
+    config = TrainConfig(epochs=1, videos_per_batch=8, backend="decord")
+    with pytest.raises(ValueError, match="online=True"):
+        train(direction["val"], tmp_path / "offline", config, frame_augment=FrameAugment(size=48))
+    summary = train(manifest, tmp_path / "run", config, online=True, sampling=sampling, frame_augment=FrameAugment(48))
+    assert summary.steps == 4
+    model, spec, _ = load_model(tmp_path / "run")
+    assert model.config.image_size == 48 and spec.augment == FrameAugment(48) and spec.sampling.crop is None
+    # Eval resizes the short side to 48 and takes the centre, as VideoMAE's test does.
     result = evaluate(tmp_path / "run", manifest, clips_per_video=2, backend="decord")
     assert result.videos == 32 and result.clips == 64
 

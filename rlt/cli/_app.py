@@ -18,7 +18,7 @@ from rich.table import Table
 
 from rlt._checks import check_choice
 from rlt.dataset import open_dataset
-from rlt.pipeline import BACKENDS, ClipSampling, OnlinePipeline, RLTConfig
+from rlt.pipeline import BACKENDS, ClipSampling, FrameAugment, OnlinePipeline, RLTConfig
 from rlt.samples import make_samples
 from rlt.tokenize_offline import RAY_AFTER, JobSummary, TokenizeConfig, tokenize_dataset
 from rlt.tokenize_offline import Progress as JobProgress
@@ -396,6 +396,13 @@ def train_command(
     label_smoothing: Annotated[float | None, typer.Option(help="label smoothing of the targets")] = None,
     erase_prob: Annotated[float | None, typer.Option(help="random erasing of tokens, per clip")] = None,
     drop_path: Annotated[float | None, typer.Option(help="stochastic depth rate")] = None,
+    frame_crop: Annotated[
+        int | None,
+        typer.Option(
+            help="--online: a random resized crop of this side from the frames decoded at --size (their short "
+            "side, uncropped), in pixels before RLT (VideoMAE: 224 from 256); eval resizes to it"
+        ),
+    ] = None,
     one_clip_per_video: Annotated[
         bool | None,
         typer.Option(
@@ -454,7 +461,9 @@ def train_command(
             drop_path=drop_path,
             augment=None if augment == NO_AUGMENT else augment,
         )
-        sampling = ClipSampling(num_frames=num_frames, frame_interval=frame_interval, size=size, crop=size)
+        # With --frame-crop the frames are decoded whole, and cropped before RLT; --flip flips tokens.
+        crop_at = None if frame_crop is not None else size
+        sampling = ClipSampling(num_frames=num_frames, frame_interval=frame_interval, size=size, crop=crop_at)
         rlt = RLTConfig(threshold=threshold, drop_policy=drop_policy)  # type: ignore[arg-type]
         result = train(
             data,
@@ -463,6 +472,7 @@ def train_command(
             online=online is not None,
             sampling=sampling,
             rlt=rlt,
+            frame_augment=FrameAugment(size=frame_crop, flip=False) if frame_crop is not None else None,
             resume=resume,
             init=init,
             show_progress=True,

@@ -79,6 +79,8 @@ def evaluate(
         batches = TokenLoader(TokenStream(data, max_tokens=max_tokens, shuffle=False, rank=0, world_size=1))
     else:
         sampling = replace(spec.sampling, mode="eval", clips_per_video=clips_per_video or spec.sampling.clips_per_video)
+        if spec.augment is not None:  # trained on random resized crops: the short side at their size, its centre
+            sampling = replace(sampling, size=spec.augment.size, crop=spec.augment.size)
         pipeline = OnlinePipeline(data, sampling=sampling, rlt=spec.rlt, backend=backend, device=device)
         batches = pipeline
         errors = pipeline.errors  # filled as the pipeline runs
@@ -116,8 +118,8 @@ def evaluate(
 
 
 def _check_geometry(data: DataSpec, trained: DataSpec, where: str | Path) -> None:
-    mine = (data.sampling.num_frames, data.sampling.crop, data.rlt.tubelet_size, data.rlt.patch_size)
-    theirs = (trained.sampling.num_frames, trained.sampling.crop, trained.rlt.tubelet_size, trained.rlt.patch_size)
+    mine = (data.sampling.num_frames, data.image_size, data.rlt.tubelet_size, data.rlt.patch_size)
+    theirs = (trained.sampling.num_frames, trained.image_size, trained.rlt.tubelet_size, trained.rlt.patch_size)
     if mine != theirs:
         raise ValueError(
             f"{where} has clips of (frames, crop, tubelet, patch) = {mine}, the checkpoint was trained on {theirs}"

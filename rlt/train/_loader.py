@@ -137,7 +137,8 @@ class TokenStream(IterableDataset):
                 self._bad.add(k)
                 self.skipped_shards.append(e.shard)
                 self.skipped_clips += info.rows
-                shard_counts, shard_videos = np.zeros(info.rows, dtype=np.int64), np.full(info.rows, "")
+                shard_counts = np.zeros(info.rows, dtype=np.int64)
+                shard_videos = np.full(info.rows, "") if one_clip_per_video else None
             counts.append(shard_counts)
             if shard_videos is not None:
                 videos.append(shard_videos)

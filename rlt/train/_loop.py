@@ -42,7 +42,7 @@ from rlt._checks import check_choice
 from rlt._lock import lock_output
 from rlt.dataset import open_atomic, remove_temporary_files
 from rlt.dataset._files import writing
-from rlt.pipeline import Backend, ClipSampling, PackedTokens, RLTConfig
+from rlt.pipeline import Backend, ClipSampling, FrameAugment, PackedTokens, RLTConfig
 from rlt.train._augment import AugmentConfig, augment, crop_side
 from rlt.train._checkpoint import (
     list_checkpoints,
@@ -159,6 +159,7 @@ def train(
     online: bool = False,
     sampling: ClipSampling = _TRAIN_SAMPLING,
     rlt: RLTConfig = _DEFAULT_RLT,
+    frame_augment: FrameAugment | None = None,
     resume: bool = False,
     init: str | Path | None = None,
     device: torch.device | str | None = None,
@@ -173,6 +174,9 @@ def train(
         online: ``data`` is a manifest: decode and tokenize its videos as training goes.
         sampling, rlt: with ``online``, how clips are cut (one per video per epoch, at an offset set
             by (seed, epoch)) and tokenized; a dataset brings its own.
+        frame_augment: with ``online``, a random resized crop (and flip) of the training clips'
+            pixels before RLT (decode with ``sampling.crop=None`` and a short side a little larger
+            than its size); the model is built at its size, and eval resizes to it.
         resume: continue from the newest checkpoint in ``out/ckpt``. ``epochs``, ``max_steps``,
             ``num_workers`` and the checkpoint options may change; the rest must be the same.
         init: a VideoMAE-style state dict to start from (``head`` is skipped where its shape differs).
@@ -185,7 +189,7 @@ def train(
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
     with lock_output(out) if rank0 else nullcontext():
-        return _train(data, out, config, online, sampling, rlt, resume, init, device, show_progress)
+        return _train(data, out, config, online, sampling, rlt, frame_augment, resume, init, device, show_progress)
 
 
 def _train(
@@ -195,12 +199,18 @@ def _train(
     online: bool,
     sampling: ClipSampling,
     rlt: RLTConfig,
+    frame_augment: FrameAugment | None,
     resume: bool,
     init: str | Path | None,
     device: torch.device | str | None,
     show_progress: bool,
 ) -> TrainSummary:
     started = time.perf_counter()
+    if frame_augment is not None and not online:
+        raise ValueError(
+            "frame_augment (--frame-crop) crops raw videos' pixels, with online=True (--online); "
+            "a dataset's tokens are cropped with augment.crop (--crop)"
+        )
 
     # 1. Processes and device. torchrun sets WORLD_SIZE, RANK and LOCAL_RANK.
     rank, world, local_rank = _init_distributed()
@@ -225,6 +235,7 @@ def _train(
             seed=config.seed,
             rank=rank,
             world_size=world,
+            augment=frame_augment,
         )
     else:
         source = offline_source(
@@ -374,7 +385,7 @@ def _train(
 
 def _model_config(config: TrainConfig, spec: DataSpec) -> ViTConfig:
     """The preset for the data's clips; trained on crops of the stored frames, at the crop's size."""
-    image_size = spec.sampling.crop
+    image_size = spec.image_size
     crop = config.augment.crop if config.augment is not None else None
     if crop is not None and image_size is not None:
         stored = image_size // spec.rlt.patch_size

@@ -12,7 +12,15 @@ import numpy as np
 import torch
 
 from rlt.dataset import TokenDataset, read_index
-from rlt.pipeline import Backend, ClipSampling, OnlinePipeline, PackedTokens, RLTConfig, read_manifest
+from rlt.pipeline import (
+    Backend,
+    ClipSampling,
+    FrameAugment,
+    OnlinePipeline,
+    PackedTokens,
+    RLTConfig,
+    read_manifest,
+)
 from rlt.train._loader import TokenLoader, TokenStream
 
 
@@ -27,6 +35,14 @@ class DataSpec:
     # Which dataset: a digest of its shards' checksums (None for raw videos). A resumed run must
     # train on the same one.
     identity: str | None = None
+    # Raw videos: the training clips' random resized crop before RLT; the model sees its size, and
+    # eval resizes the short side to it and takes the centre.
+    augment: FrameAugment | None = None
+
+    @property
+    def image_size(self) -> int | None:
+        """The side of the clips the model sees (before any crop of their tokens)."""
+        return self.augment.size if self.augment is not None else self.sampling.crop
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +51,7 @@ class DataSpec:
             "num_classes": self.num_classes,
             "classes": self.classes,
             "identity": self.identity,
+            "augment": asdict(self.augment) if self.augment is not None else None,
         }
 
     @classmethod
@@ -45,6 +62,7 @@ class DataSpec:
             num_classes=int(values["num_classes"]),
             classes=values["classes"],
             identity=values.get("identity"),
+            augment=_frame_augment(values.get("augment")),
         )
 
     def differences(self, other: DataSpec) -> list[str]:
@@ -55,6 +73,7 @@ class DataSpec:
             "num_classes": "the number of classes",
             "classes": "the class names",
             "identity": "the dataset (its shards' checksums)",
+            "augment": "the frame augmentation",
         }
         mine, theirs = self.to_dict(), other.to_dict()
         if mine["identity"] is None or theirs["identity"] is None:  # raw videos, or an older checkpoint
@@ -76,11 +95,20 @@ def dataset_spec(root: str | Path) -> DataSpec:
     return DataSpec(ClipSampling(**config["sampling"]), RLTConfig(**config["rlt"]), num_classes, classes, identity)
 
 
-def manifest_spec(manifest: str | Path, sampling: ClipSampling, rlt: RLTConfig) -> DataSpec:
+def manifest_spec(
+    manifest: str | Path, sampling: ClipSampling, rlt: RLTConfig, augment: FrameAugment | None = None
+) -> DataSpec:
     rows = read_manifest(manifest)
     classes = list(rows.classes) if rows.classes else None
     num_classes = len(classes) if classes else max((r.label for r in rows.rows), default=0) + 1
-    return DataSpec(sampling, rlt, num_classes, classes)
+    return DataSpec(sampling, rlt, num_classes, classes, augment=augment)
+
+
+def _frame_augment(values: dict[str, Any] | None) -> FrameAugment | None:
+    if values is None:
+        return None
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return FrameAugment(**fields)
 
 
 class Source:
@@ -153,11 +181,12 @@ def online_source(
     seed: int,
     rank: int,
     world_size: int,
+    augment: FrameAugment | None = None,
 ) -> Source:
     """Clips decoded and tokenized as training goes, one training clip per video per epoch.
 
-    The clip's offset in its video and the order of the videos are pure functions of (seed, epoch),
-    so a resumed run sees the same clips.
+    The clip's offset in its video, the order of the videos and ``augment``'s draws are pure
+    functions of (seed, epoch), so a resumed run sees the same clips.
     """
     sampling = replace(sampling, mode="train", seed=seed)
     pipeline = OnlinePipeline(
@@ -172,8 +201,9 @@ def online_source(
         seed=seed,
         rank=rank,
         world_size=world_size,
+        augment=augment,
     )
-    return Source(manifest_spec(manifest, sampling, rlt), pipeline)
+    return Source(manifest_spec(manifest, sampling, rlt, augment), pipeline)
 
 
 def labels_of(root: str | Path) -> np.ndarray:
