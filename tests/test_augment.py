@@ -356,3 +356,19 @@ def test_frame_augment_of_the_whole_frame_is_the_frame_or_its_mirror() -> None:
     assert 0 < sum(flipped) < 6
     with pytest.raises(ValueError, match="scale must be"):
         FrameAugment(scale=(0.5, 2.0))
+
+
+def test_spatial_views_spread_along_the_longer_side_and_equal_rlt_on_those_crops() -> None:
+    from rlt.train._augment import view_crop_tokens
+
+    frames = torch.randint(0, 256, (2, 4, 64, 96, 3), dtype=torch.uint8)
+    frames[:, 2:] = frames[:, :2]  # runs to drop
+    packed = run_length_tokenize(frames, tubelet_size=2, patch_size=16)
+    for view, left in enumerate((0, 16, 32)):  # 4 x 6 patches: a 4 x 4 window at columns 0, 1, 2
+        got = view_crop_tokens(packed, 64, view=view, views=3)
+        want = run_length_tokenize(frames[:, :, :, left : left + 64].contiguous(), tubelet_size=2, patch_size=16)
+        for name in ("tokens", "positions", "lengths", "cu_seqlens"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), (view, name)
+    tall = run_length_tokenize(frames.transpose(2, 3).contiguous(), tubelet_size=2, patch_size=16)
+    assert view_crop_tokens(tall, 64, view=2, views=3).positions[:, 1].max() <= 3  # rows of its own window
+    assert view_crop_tokens(packed, 64, view=0, views=1).keep.shape[-2:] == (4, 4)  # the centre

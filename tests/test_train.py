@@ -120,6 +120,12 @@ def test_the_videomae_recipe_still_learns_a_flip_invariant_task(tmp_path: Path, 
     scores = evaluate(tmp_path / "run", motion["val"])  # on the centre 48 px of each clip
     assert scores.videos == 32 and scores.clips == 64
     assert scores.top1 > 0.9, scores
+    # VideoMAE's test protocol: 2 temporal clips x 3 spatial crops of each video, probabilities averaged.
+    views = evaluate(tmp_path / "run", motion["val"], spatial_crops=3)
+    assert views.videos == 32 and views.clips == 192 and views.top1 > 0.9, views
+    # The same clips with every token (the dense model RLT is compared with): 3 x 3 x 4 tubelets a view.
+    dense = evaluate(tmp_path / "run", motion["val"], tokens="dense")
+    assert dense.clips == 64 and dense.tokens == 64 * 36 > scores.tokens > 0
 
 
 def test_eval_averages_each_videos_clips(tmp_path: Path, direction: dict[str, Path]) -> None:
@@ -361,6 +367,13 @@ def test_train_and_eval_commands(tmp_path: Path, direction: dict[str, Path]) -> 
     result = runner.invoke(app, ["eval", str(run), str(direction["val"]), "--json", str(tmp_path / "s.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "s.json").read_text())["videos"] == 32
+    # The paper's training-free claim on the user's data: the same checkpoint on RLT and on every token.
+    args = ["eval", str(run), str(direction["val_manifest"]), "--compare-dense", "--json", str(tmp_path / "d.json")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "the dense throughput" in result.output, result.output
+    compared = json.loads((tmp_path / "d.json").read_text())
+    assert compared["rlt"]["clips"] == compared["dense"]["clips"] == 64
+    assert compared["dense"]["tokens"] == 64 * 4 * 4 * 4 > compared["rlt"]["tokens"]  # 8 frames of 64 x 64
     both = runner.invoke(app, ["train", str(direction["val"]), "--online", str(direction["val_manifest"])])
     assert both.exit_code == 2 and "either" in both.output
     missing = runner.invoke(app, ["eval", str(tmp_path / "nothing"), str(direction["val"])])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -517,29 +518,47 @@ def eval_command(
     data: Annotated[
         str, typer.Argument(help="a dataset written by `rlt-prep tokenize` (its folder or URL), or a manifest CSV")
     ],
-    clips_per_video: Annotated[int | None, typer.Option(help="manifest: clips per video")] = None,
+    clips_per_video: Annotated[int | None, typer.Option(help="manifest: clips per video (temporal views)")] = None,
+    spatial_crops: Annotated[
+        int, typer.Option(help="views of each clip along its longer side (VideoMAE tests with 3)")
+    ] = 1,
+    compare_dense: Annotated[
+        bool, typer.Option(help="also run every token of the same clips: accuracy of both and the speed-up of RLT")
+    ] = False,
     max_tokens: Annotated[int, typer.Option(help="token budget of a batch")] = 16384,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the scores as JSON here")] = None,
     backend: Backend = "auto",
 ) -> None:
     """Top-1 / top-5 of a checkpoint, averaging the class probabilities of each video's clips."""
+    run = functools.partial(
+        evaluate,
+        checkpoint,
+        data,
+        clips_per_video=clips_per_video,
+        spatial_crops=spatial_crops,
+        max_tokens=max_tokens,
+        backend=backend,
+    )
     with _bad_input_exits():
-        result = evaluate(
-            checkpoint,
-            data,
-            clips_per_video=clips_per_video,
-            max_tokens=max_tokens,
-            backend=backend,
-        )
-    table = Table("eval", result.checkpoint)
-    table.add_row("top-1", f"{100 * result.top1:.2f}% of {result.videos} videos")
-    table.add_row("top-5", f"{100 * result.top5:.2f}%")
-    table.add_row("clip top-1", f"{100 * result.clip_top1:.2f}% of {result.clips} clips")
+        results = {"rlt": run()}
+        if compare_dense:
+            results["dense"] = run(tokens="dense")
+    result = results["rlt"]
+    table = Table("eval", *(f"{name} tokens" for name in results) if compare_dense else [result.checkpoint])
+    table.add_row("top-1", *(f"{100 * r.top1:.2f}% of {r.videos} videos" for r in results.values()))
+    table.add_row("top-5", *(f"{100 * r.top5:.2f}%" for r in results.values()))
+    table.add_row("clip top-1", *(f"{100 * r.clip_top1:.2f}% of {r.clips} views" for r in results.values()))
+    table.add_row("tokens", *(f"{r.tokens} ({r.tokens / max(r.clips, 1):.0f} a view)" for r in results.values()))
+    table.add_row("model", *(f"{r.clips / max(r.model_seconds, 1e-9):.1f} views/s" for r in results.values()))
     if result.failed:
         table.add_row("failed", f"{result.failed} videos could not be decoded")
     console.print(table)
+    if compare_dense:
+        speedup = results["dense"].model_seconds / max(result.model_seconds, 1e-9)
+        console.print(f"RLT: {speedup:.2f}x the dense throughput in the model, on {result.checkpoint}")
     if json_out:
-        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        payload = {name: r.to_dict() for name, r in results.items()} if compare_dense else result.to_dict()
+        json_out.write_text(json.dumps(payload, indent=1) + "\n")
 
 
 @app.command()

@@ -432,13 +432,24 @@ def centre_crop_tokens(batch: PackedTokens, size: int) -> PackedTokens:
     an odd number of patches, the window sits one patch nearer the top left): how a model trained
     on crops of larger stored frames is evaluated. The batch itself when it is that size already.
     """
+    return view_crop_tokens(batch, size, view=0, views=1)
+
+
+def view_crop_tokens(batch: PackedTokens, size: int, *, view: int, views: int) -> PackedTokens:
+    """Spatial view ``view`` of ``views`` (VideoMAE's test crops): ``size`` x ``size`` windows spread
+    evenly along the grid's longer margin (first edge, ..., last edge; one view is the centre),
+    centred across the other. The batch itself when it is that size already.
+    """
     _, _, h, w = batch.keep.shape
     side = crop_side(size, grid=(h, w), patch_size=batch.patch_size)
     if (side, side) == (h, w):
         return batch
+    along = (h - side, (w - side) // 2) if h - side > w - side else (w - side, (h - side) // 2)
+    offset = along[0] // 2 if views == 1 else round(view * along[0] / (views - 1))
+    top, left = (offset, along[1]) if h - side > w - side else (along[1], offset)
     b = batch.num_clips
-    top_B = torch.full((b,), (h - side) // 2, dtype=torch.int64)
-    left_B = torch.full((b,), (w - side) // 2, dtype=torch.int64)
+    top_B = torch.full((b,), top, dtype=torch.int64)
+    left_B = torch.full((b,), left, dtype=torch.int64)
     return crop_tokens(batch, top_B=top_B, left_B=left_B, size=(side, side))
 
 

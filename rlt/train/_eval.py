@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from rlt._checks import check_choice
 from rlt.dataset._remote import is_url
-from rlt.pipeline import Backend, OnlinePipeline, PackedTokens, VideoDecodeError
-from rlt.train._augment import centre_crop_tokens
+from rlt.pipeline import Backend, OnlinePipeline, PackedTokens, VideoDecodeError, run_length_tokenize
+from rlt.train._augment import view_crop_tokens
 from rlt.train._checkpoint import load_checkpoint
 from rlt.train._loader import TokenLoader, TokenStream
 from rlt.train._model import VideoViT, ViTConfig
@@ -31,6 +34,8 @@ class EvalResult:
     clips: int
     checkpoint: str
     failed: int = 0
+    tokens: int = 0  # the model's input, over every view
+    model_seconds: float = 0.0  # in the model alone (decoding and loading aside)
 
     def to_dict(self) -> dict[str, float | int | str]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -52,6 +57,8 @@ def evaluate(
     device: torch.device | str | None = None,
     max_tokens: int = 16384,
     clips_per_video: int | None = None,
+    spatial_crops: int = 1,
+    tokens: Literal["rlt", "dense"] = "rlt",
     backend: Backend = "auto",
 ) -> EvalResult:
     """Scores a checkpoint on a tokenized dataset or on a manifest's videos.
@@ -64,8 +71,17 @@ def evaluate(
         device: by default CUDA when there is one.
         max_tokens: token budget of a batch of a dataset.
         clips_per_video: with a manifest, clips per video (default: as the checkpoint's data).
+        spatial_crops: views of each clip, spread along the longer margin of a dataset tokenized
+            on a larger grid than the model's (VideoMAE tests with 3). Every view's probabilities
+            are averaged into its video's. Raw videos give one centre view.
+        tokens: ``"dense"`` gives the model every token: raw videos are tokenized with
+            ``drop_policy="none"``; a dataset's clips are laid back on the grid first, each kept
+            token repeated over its run (what RLT tells the model it saw).
         backend: the decoder, with a manifest.
     """
+    check_choice("tokens", tokens, ("rlt", "dense"))
+    if spatial_crops < 1:
+        raise ValueError(f"spatial_crops must be >= 1, got {spatial_crops}")
     model, spec, path = load_model(checkpoint)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
@@ -74,32 +90,56 @@ def evaluate(
     batches: Iterable[PackedTokens]
     # A dataset (a folder, or a URL but that of a .csv manifest); read_index names what is wrong with
     # an unfinished one.
-    if (is_url(data) and not str(data).endswith(".csv")) or Path(data).is_dir():
+    is_manifest = not ((is_url(data) and not str(data).endswith(".csv")) or Path(data).is_dir())
+    if not is_manifest:
         _check_geometry(dataset_spec(data), spec, data)
         batches = TokenLoader(TokenStream(data, max_tokens=max_tokens, shuffle=False, rank=0, world_size=1))
     else:
         sampling = replace(spec.sampling, mode="eval", clips_per_video=clips_per_video or spec.sampling.clips_per_video)
         if spec.augment is not None:  # trained on random resized crops: the short side at their size, its centre
             sampling = replace(sampling, size=spec.augment.size, crop=spec.augment.size)
-        pipeline = OnlinePipeline(data, sampling=sampling, rlt=spec.rlt, backend=backend, device=device)
+        if spatial_crops > 1:
+            raise ValueError(
+                f"{data}: spatial crops are cut from a dataset tokenized on a larger grid than the model's; "
+                "from raw videos, tokenize them first with a larger --crop (or use one centre view)"
+            )
+        rlt = replace(spec.rlt, drop_policy="none") if tokens == "dense" else spec.rlt
+        pipeline = OnlinePipeline(data, sampling=sampling, rlt=rlt, backend=backend, device=device)
         batches = pipeline
         errors = pipeline.errors  # filled as the pipeline runs
 
     probs: dict[str, torch.Tensor] = {}
     labels: dict[str, int] = {}
-    clips = clip_correct = 0
-    for batch in batches:
-        # A model trained on crops of the stored frames sees their centre.
-        batch = centre_crop_tokens(batch.to(device, non_blocking=True), model.config.image_size)
-        with autocast:
-            logits = model(batch.tokens, batch.positions, batch.lengths, batch.cu_seqlens)
-        p = logits.float().softmax(1).cpu()
-        truth_B = batch.require_labels().cpu()
-        clip_correct += int((p.argmax(1) == truth_B).sum())
-        clips += batch.num_clips
-        for video, label, row in zip(batch.videos or (), truth_B.tolist(), p, strict=True):
-            probs[video] = probs[video] + row if video in probs else row.clone()
-            labels[video] = label
+    clips = clip_correct = num_tokens = 0
+    seconds = 0.0
+    for stored in batches:
+        stored = stored.to(device, non_blocking=True)
+        for view in range(spatial_crops):
+            # A model trained on crops of the stored frames sees their centre (one view), or views
+            # spread along the longer side.
+            batch = view_crop_tokens(stored, model.config.image_size, view=view, views=spatial_crops)
+            if spatial_crops > 1 and batch is stored:
+                raise ValueError(
+                    f"{data}: {spatial_crops} spatial crops need clips larger than the model's "
+                    f"{model.config.image_size} px on one side; these are {model.config.image_size} px square"
+                )
+            if tokens == "dense" and not is_manifest:
+                batch = _every_token(batch)
+            if not clips:  # an untimed first call: allocations and kernels are chosen once
+                with autocast:
+                    model(batch.tokens, batch.positions, batch.lengths, batch.cu_seqlens)
+            started = _clock(device)
+            with autocast:
+                logits = model(batch.tokens, batch.positions, batch.lengths, batch.cu_seqlens)
+            p = logits.float().softmax(1).cpu()  # waits for the device
+            seconds += time.perf_counter() - started
+            num_tokens += batch.num_tokens
+            truth_B = batch.require_labels().cpu()
+            clip_correct += int((p.argmax(1) == truth_B).sum())
+            clips += batch.num_clips
+            for video, label, row in zip(batch.videos or (), truth_B.tolist(), p, strict=True):
+                probs[video] = probs[video] + row if video in probs else row.clone()
+                labels[video] = label
     if not probs:
         raise ValueError(f"{data} gave no clips to evaluate")
     scores = torch.stack(list(probs.values()))
@@ -114,7 +154,30 @@ def evaluate(
         clips=clips,
         checkpoint=path,
         failed=len(errors),
+        tokens=num_tokens,
+        model_seconds=seconds,
     )
+
+
+def _every_token(batch: PackedTokens) -> PackedTokens:
+    """The clips with every tubelet a token of length 1, each dropped one holding its run's pixels."""
+    dense = run_length_tokenize(
+        batch.unpack(), tubelet_size=batch.tubelet_size, patch_size=batch.patch_size, drop_policy="none"
+    )
+    return replace(
+        dense,
+        labels=batch.labels,
+        padded=batch.padded,
+        frame_indices=batch.frame_indices,
+        videos=batch.videos,
+        clip_ids=batch.clip_ids,
+    )
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _check_geometry(data: DataSpec, trained: DataSpec, where: str | Path) -> None:
