@@ -8,6 +8,7 @@ their videos decoded together (one DALI batch on a GPU), then each video is toke
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime, and
 # Serve's ingress wraps the methods where string annotations no longer resolve.
 import asyncio
+import ctypes
 import hmac
 import os
 import shutil
@@ -15,6 +16,7 @@ import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +50,41 @@ _UPLOADS = "uploads"
 
 def _remove_dead_uploads(root: Path) -> None:
     """Removes the upload folders of replicas of this host that died without cleaning up (killed)."""
-    import psutil  # Ray's own dependency
-
     prefix = f"{_UPLOADS}-{socket.gethostname()}-"
     for folder in root.glob(f"{prefix}*"):
         pid = folder.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+        if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _load_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _release_freed_memory() -> None:
+    """Hands the memory a batch freed back to the system. Each batch allocates and frees a few
+    MB-sized buffers (frames, tokens, the response); glibc raises its mmap threshold past such sizes
+    once they are freed and then serves them from its heaps, which fragment: the replica's private
+    memory grew without bound under load (385 MB to 1.3 GB in 60 s, benchmarks/bench_serve.py),
+    where with this it stays flat."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 async def _has_body(request: Request) -> bool:
@@ -84,6 +114,10 @@ class Tokenizer:
         _remove_dead_uploads(root)
         self.uploads = Path(tempfile.mkdtemp(prefix=f"{_UPLOADS}-{socket.gethostname()}-{os.getpid()}-", dir=root))
         self.allow_root = os.path.realpath(config.allow_root) if config.allow_root else None
+        # One thread does every batch's work: the replica's one decoder. Handing batches to the
+        # default pool's threads in turn gave each of them its own malloc arena, and the replica's
+        # private memory grew by about 200 MB under load (benchmarks/bench_serve.py).
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="rlt-serve-tokenize")
         batched: Any = self._tokenize_batch  # serve.batch's setters, which its type hints do not show
         batched.set_max_batch_size(config.max_batch_size)
         batched.set_batch_wait_timeout_s(config.batch_wait_s)
@@ -154,7 +188,7 @@ class Tokenizer:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _tokenize_batch(self, jobs: list[Job]) -> list[bytes | VideoDecodeError | ValueError]:
         # The decoders and torch release the GIL; a thread keeps the event loop taking requests.
-        return await asyncio.to_thread(self._work, jobs)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._work, jobs)
 
     def _work(self, jobs: list[Job]) -> list[bytes | VideoDecodeError | ValueError]:
         results: list[bytes | VideoDecodeError | ValueError] = [ValueError("not run")] * len(jobs)
@@ -176,6 +210,7 @@ class Tokenizer:
                     continue
                 self.stats.done(clips=packed.num_clips, kept=packed.tokens.shape[0], dense=packed.dense_tokens)
                 results[k] = to_arrow_stream(packed)
+        _release_freed_memory()
         return results
 
     async def _receive(self, request: Request) -> Path:

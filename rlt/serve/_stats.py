@@ -65,7 +65,7 @@ class Stats:
                 "clips_per_s": self.clips / uptime,
                 "tokens_per_s": self.kept_tokens / uptime,
                 "requests": {str(code): n for code, n in sorted(self.responses.items())},
-                "rss_bytes": _rss_bytes(),
+                **_memory(),
             }
 
     def prometheus(self) -> str:
@@ -100,6 +100,9 @@ class Stats:
             ]
         )
         metric("resident_memory_bytes", "gauge", "Resident memory of this replica.", [("", s["rss_bytes"])])
+        if "rss_anon_bytes" in s:
+            anon = [("", s["rss_anon_bytes"])]
+            metric("resident_private_memory_bytes", "gauge", "Private (anonymous) resident memory.", anon)
         metric("uptime_seconds", "gauge", "Seconds since this replica started.", [("", s["uptime_s"])])
         return "\n".join(lines) + "\n"
 
@@ -108,7 +111,16 @@ def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
-def _rss_bytes() -> int:
-    import psutil  # Ray's own dependency
+def _memory() -> dict[str, int]:
+    """This process's resident memory, and on Linux its private (anonymous) and shared parts: a Ray
+    worker's resident memory also counts the pages of the shared object store it has touched, which
+    grow towards the store's size and are not the process's own."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        kib = {name: int(fields[name].split()[0]) * 1024 for name in ("VmRSS", "RssAnon", "RssShmem")}
+        return {"rss_bytes": kib["VmRSS"], "rss_anon_bytes": kib["RssAnon"], "rss_shmem_bytes": kib["RssShmem"]}
+    except (OSError, KeyError, ValueError):
+        import resource  # elsewhere: the peak, which is what there is
 
-    return int(psutil.Process().memory_info().rss)
+        return {"rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
