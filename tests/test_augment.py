@@ -372,3 +372,12 @@ def test_spatial_views_spread_along_the_longer_side_and_equal_rlt_on_those_crops
     tall = run_length_tokenize(frames.transpose(2, 3).contiguous(), tubelet_size=2, patch_size=16)
     assert view_crop_tokens(tall, 64, view=2, views=3).positions[:, 1].max() <= 3  # rows of its own window
     assert view_crop_tokens(packed, 64, view=0, views=1).keep.shape[-2:] == (4, 4)  # the centre
+    # Raw videos get the same views in pixels, before RLT (rlt.pipeline.spatial_views).
+    from rlt.pipeline._transforms import spatial_views
+
+    pixels = run_length_tokenize(spatial_views(frames, 3), tubelet_size=2, patch_size=16)
+    for view in range(3):
+        clips = torch.tensor([2 * clip + view for clip in range(2)])  # each clip's views together
+        want = view_crop_tokens(packed, 64, view=view, views=3)
+        got_keep = pixels.keep[clips]
+        assert torch.equal(got_keep, want.keep), view

@@ -369,11 +369,12 @@ def test_train_and_eval_commands(tmp_path: Path, direction: dict[str, Path]) -> 
     assert json.loads((tmp_path / "s.json").read_text())["videos"] == 32
     # The paper's training-free claim on the user's data: the same checkpoint on RLT and on every token.
     args = ["eval", str(run), str(direction["val_manifest"]), "--compare-dense", "--json", str(tmp_path / "d.json")]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--spatial-crops", "3"])
     assert result.exit_code == 0 and "the dense throughput" in result.output, result.output
     compared = json.loads((tmp_path / "d.json").read_text())
-    assert compared["rlt"]["clips"] == compared["dense"]["clips"] == 64
-    assert compared["dense"]["tokens"] == 64 * 4 * 4 * 4 > compared["rlt"]["tokens"]  # 8 frames of 64 x 64
+    # 2 clips x 3 views of each of 32 videos, 64 x 64 squares of their 64 x 96 frames (8 frames).
+    assert compared["rlt"]["clips"] == compared["dense"]["clips"] == 192
+    assert compared["dense"]["tokens"] == 192 * 4 * 4 * 4 > compared["rlt"]["tokens"]
     both = runner.invoke(app, ["train", str(direction["val"]), "--online", str(direction["val_manifest"])])
     assert both.exit_code == 2 and "either" in both.output
     missing = runner.invoke(app, ["eval", str(tmp_path / "nothing"), str(direction["val"])])

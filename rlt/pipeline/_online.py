@@ -23,7 +23,7 @@ from rlt.pipeline._manifest import ManifestRow, read_manifest
 from rlt.pipeline._packed import PackedTokens
 from rlt.pipeline._rlt import _COMPARE, _DROP_POLICY, _UNITS, Compare, DropPolicy, ThresholdUnits, run_length_tokenize
 from rlt.pipeline._sampling import ClipSampling
-from rlt.pipeline._transforms import FrameAugment, augment_frames
+from rlt.pipeline._transforms import FrameAugment, augment_frames, spatial_views
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def tokenize_clips(
     *,
     augment: FrameAugment | None = None,
     rng: int | Sequence[int] | np.random.Generator = 0,
+    views: int = 1,
 ) -> PackedTokens:
     """One batch of every clip of ``decoded``, tokenized on the device the clips are on, with what
     each clip is (label, video, number, source frames, padding).
@@ -121,9 +122,15 @@ def tokenize_clips(
         augment: training augmentation of the pixels before RLT (see `augment_frames`); each
             video's clips are augmented at their own frame size, so videos may differ in it.
         rng: the augmentation's numpy Generator, or its seed.
+        views: with more than 1, each clip becomes that many square views of its short side (see
+            `spatial_views`), one after another, each with the clip's label and metadata.
     """
-    clips = [c for item in decoded for c in item.clips]
-    if augment is None:
+    if views > 1 and augment is not None:
+        raise ValueError("spatial views are a test protocol; they do not combine with training augmentation")
+    clips = [c for item in decoded for c in item.clips for _ in range(views)]
+    if views > 1:
+        frames_BTHWC = torch.cat([spatial_views(item.frames(), views) for item in decoded])
+    elif augment is None:
         frames_BTHWC = torch.cat([item.frames() for item in decoded])
     else:
         rng = np.random.default_rng(rng)
@@ -132,8 +139,10 @@ def tokenize_clips(
         raise ValueError(f"num_frames={frames_BTHWC.shape[1]} is not a multiple of tubelet_size={rlt.tubelet_size}")
     device = frames_BTHWC.device
     return rlt.tokenize(frames_BTHWC).with_clips(
-        labels=torch.tensor([item.label for item in decoded for _ in item.clips], dtype=torch.int64, device=device),
-        videos=[item.video for item in decoded for _ in item.clips],
+        labels=torch.tensor(
+            [item.label for item in decoded for _ in range(len(item.clips) * views)], dtype=torch.int64, device=device
+        ),
+        videos=[item.video for item in decoded for _ in range(len(item.clips) * views)],
         clip_ids=[c.clip for c in clips],
         frame_indices=torch.from_numpy(np.stack([c.frame_indices for c in clips])).to(device),
         padded=torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in clips])).to(device),
@@ -161,6 +170,8 @@ class OnlinePipeline:
         workers: decoding threads; default: the cores this process may use.
         shuffle: visit the videos in an order that is a pure function of (seed, epoch).
         seed: the shuffle's seed.
+        views: spatial views of each clip, for testing (see `spatial_views`); decode with
+            ``crop=None`` so that they spread along the long side.
         rank, world_size: this process takes every ``world_size``-th video from ``rank`` on, after
             the shuffle, so the ranks of a distributed run share the videos out.
         augment: training augmentation of the pixels before RLT, drawn from (seed, epoch, group):
@@ -191,8 +202,11 @@ class OnlinePipeline:
         rank: int = 0,
         world_size: int = 1,
         augment: FrameAugment | None = None,
+        views: int = 1,
     ) -> None:
         check_choice("on_error", on_error, ("raise", "skip"))
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
         if videos_per_batch < 1 or prefetch < 1:
             raise ValueError(f"videos_per_batch and prefetch must be >= 1, got {videos_per_batch}, {prefetch}")
         if workers is not None and workers < 1:
@@ -208,7 +222,7 @@ class OnlinePipeline:
         self.workers = workers or usable_cores()
         self.on_error, self.epoch, self.num_threads = on_error, epoch, num_threads
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
-        self.augment = augment
+        self.augment, self.views = augment, views
         self.errors: list[VideoDecodeError] = []
         self.start_batch = 0
         self.batches_done = 0
@@ -288,4 +302,4 @@ class OnlinePipeline:
         if good:
             # batches_done counts this group already: it numbers the groups from 1.
             rng = (self.seed, self.epoch, self.rank, self.batches_done)
-            yield tokenize_clips(good, self.rlt, augment=self.augment, rng=rng)
+            yield tokenize_clips(good, self.rlt, augment=self.augment, rng=rng, views=self.views)

@@ -149,3 +149,22 @@ def _scaled(height: int, width: int, short_side: int) -> tuple[int, int]:
     if height <= width:
         return short_side, max(short_side, round(width * short_side / height))
     return max(short_side, round(height * short_side / width)), short_side
+
+
+def spatial_views(frames_BTHWC: torch.Tensor, views: int) -> torch.Tensor:
+    """VideoMAE's test crops: ``views`` squares of the short side per clip, spread evenly along the
+    long side (first edge, ..., last edge; one view is the centre), centred across the short one.
+
+    Returns:
+        uint8 ``[B * views, T, S, S, C]``, each clip's views together, S the short side.
+    """
+    _, _, height, width, _ = frames_BTHWC.shape
+    side = min(height, width)
+    margin = max(height, width) - side
+    offsets = [margin // 2] if views == 1 else [round(v * margin / (views - 1)) for v in range(views)]
+    out = []
+    for clip_THWC in frames_BTHWC:
+        for offset in offsets:
+            top, left = (offset, 0) if height > width else (0, offset)
+            out.append(clip_THWC[:, top : top + side, left : left + side])
+    return torch.stack(out)

@@ -71,9 +71,10 @@ def evaluate(
         device: by default CUDA when there is one.
         max_tokens: token budget of a batch of a dataset.
         clips_per_video: with a manifest, clips per video (default: as the checkpoint's data).
-        spatial_crops: views of each clip, spread along the longer margin of a dataset tokenized
-            on a larger grid than the model's (VideoMAE tests with 3). Every view's probabilities
-            are averaged into its video's. Raw videos give one centre view.
+        spatial_crops: views of each clip, spread along its longer side (VideoMAE tests with 3):
+            of a dataset tokenized on a larger grid than the model's, or of raw videos decoded with
+            their short side at the model's size. Every view's probabilities are averaged into
+            its video's.
         tokens: ``"dense"`` gives the model every token: raw videos are tokenized with
             ``drop_policy="none"``; a dataset's clips are laid back on the grid first, each kept
             token repeated over its run (what RLT tells the model it saw).
@@ -98,13 +99,10 @@ def evaluate(
         sampling = replace(spec.sampling, mode="eval", clips_per_video=clips_per_video or spec.sampling.clips_per_video)
         if spec.augment is not None:  # trained on random resized crops: the short side at their size, its centre
             sampling = replace(sampling, size=spec.augment.size, crop=spec.augment.size)
-        if spatial_crops > 1:
-            raise ValueError(
-                f"{data}: spatial crops are cut from a dataset tokenized on a larger grid than the model's; "
-                "from raw videos, tokenize them first with a larger --crop (or use one centre view)"
-            )
+        if spatial_crops > 1:  # the whole frame, its short side at the model's size: views along the long one
+            sampling = replace(sampling, size=model.config.image_size, crop=None)
         rlt = replace(spec.rlt, drop_policy="none") if tokens == "dense" else spec.rlt
-        pipeline = OnlinePipeline(data, sampling=sampling, rlt=rlt, backend=backend, device=device)
+        pipeline = OnlinePipeline(data, sampling=sampling, rlt=rlt, backend=backend, device=device, views=spatial_crops)
         batches = pipeline
         errors = pipeline.errors  # filled as the pipeline runs
 
@@ -114,11 +112,12 @@ def evaluate(
     seconds = 0.0
     for stored in batches:
         stored = stored.to(device, non_blocking=True)
-        for view in range(spatial_crops):
+        for view in range(1 if is_manifest else spatial_crops):  # raw videos come as their views
             # A model trained on crops of the stored frames sees their centre (one view), or views
             # spread along the longer side.
-            batch = view_crop_tokens(stored, model.config.image_size, view=view, views=spatial_crops)
-            if spatial_crops > 1 and batch is stored:
+            views = 1 if is_manifest else spatial_crops
+            batch = view_crop_tokens(stored, model.config.image_size, view=view, views=views)
+            if views > 1 and batch is stored:
                 raise ValueError(
                     f"{data}: {spatial_crops} spatial crops need clips larger than the model's "
                     f"{model.config.image_size} px on one side; these are {model.config.image_size} px square"
