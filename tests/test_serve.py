@@ -6,7 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -212,3 +216,25 @@ def test_other_hosts_need_a_token() -> None:
     result = CliRunner().invoke(app, ["serve", "--host", "192.0.2.7", "--port", str(_free_port())], env={})
     assert result.exit_code == 2
     assert "give a bearer token" in result.output
+
+
+def test_the_command_serves_until_sigterm(root: Path, cache: Path, tmp_path: Path) -> None:
+    """`rlt-prep serve` as a user runs it: an embedded Ray of its own, answering, stopped by SIGTERM."""
+    port = _free_port()
+    env = {**os.environ, "RLT_PREP_CACHE": str(cache), "RLT_PREP_SERVE_TOKEN": TOKEN}
+    command = [sys.executable, "-m", "rlt", "serve", "--port", str(port), "--allow-root", str(root)]
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        client = Client(f"http://127.0.0.1:{port}", token=TOKEN, timeout=60)
+        deadline = time.monotonic() + 90
+        while not client.health():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert_same(client.tokenize(server_path="a.mp4", **OPTIONS), reference(root / "a.mp4"))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0, log.read_text()
+    assert not client.health()

@@ -59,7 +59,8 @@ def start(config: ServeConfig) -> Server:
     address = config.ray_address or os.environ.get("RAY_ADDRESS") or None
     started_ray = False
     if not ray.is_initialized():
-        start_ray(address)
+        # An embedded Ray serves this machine alone: its node listens on loopback, whatever --host is.
+        start_ray(address, loopback=True)
         started_ray = True
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -81,11 +82,12 @@ def serve(config: ServeConfig) -> None:
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with start(config) as server:
+    with start(config) as server:
+        # After start: ray.init installs handlers of its own for SIGTERM, which would abort.
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
             log.warning("rlt-prep serve: listening on %s", server.url)
             stop.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

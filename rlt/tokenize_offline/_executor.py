@@ -160,9 +160,10 @@ class Executor:
         return ray
 
 
-def start_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+def start_ray(address: str | None, *, num_cpus: int | None = None, loopback: bool = False) -> None:
     """Joins the Ray cluster at ``address``, or starts an embedded local Ray of ``num_cpus`` CPUs
-    (default: the usable cores) whose session files go to `ray_temp_dir`."""
+    (default: the usable cores) whose session files go to `ray_temp_dir`; with ``loopback``, its
+    node listens on 127.0.0.1 only (a local service's Ray, which no other machine joins)."""
     import ray
 
     if address:
@@ -170,6 +171,7 @@ def start_ray(address: str | None, *, num_cpus: int | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
         return
     _say_if_a_local_head_runs()
+    loopback_only: dict[str, Any] = {"_node_ip_address": "127.0.0.1"} if loopback else {}
     ray.init(
         # "local": a new instance of our own, even where `ray start` left a head (or
         # its record) that ray.init would otherwise join.
@@ -180,6 +182,7 @@ def start_ray(address: str | None, *, num_cpus: int | None = None) -> None:
         object_store_memory=200 * 1024 * 1024,
         # Ray's session files go to our cache folder, not the system's temp folder.
         _temp_dir=str(ray_temp_dir()),
+        **loopback_only,
     )
 
 
