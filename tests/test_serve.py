@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -156,6 +158,22 @@ def test_bad_requests_get_4xx(
     code, text = _post(client, query, body, token)
     assert code == status, text
     assert says in text
+    assert client.health()
+
+
+def test_a_chunked_body_over_the_limit_gets_413(client: Client) -> None:
+    """No Content-Length to refuse early: the limit holds while the body streams in."""
+    url = urllib.parse.urlsplit(client.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    chunks = iter([b"\0" * (256 << 10)] * 6)  # 1.5 MiB against 1 MiB
+    headers = {"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"}
+    try:
+        connection.request("POST", "/v1/tokenize?size=64", body=chunks, headers=headers, encode_chunked=True)
+        response = connection.getresponse()
+        assert response.status == 413
+        assert "the most this server takes" in response.read().decode()
+    finally:
+        connection.close()
     assert client.health()
 
 

@@ -28,7 +28,7 @@ from ray import serve
 
 from rlt.dataset._files import cache_root
 from rlt.pipeline import VideoDecodeError, decode_clips, tokenize_clips
-from rlt.serve._config import RequestOptions, ServeConfig, parse_options
+from rlt.serve._config import RequestOptions, ServeConfig, UnknownOptionError, parse_options
 from rlt.serve._stats import Stats
 from rlt.serve._wire import MEDIA_TYPE, to_arrow_stream
 
@@ -164,7 +164,7 @@ class Tokenizer:
         try:
             options = parse_options(query)
         except ValueError as e:
-            raise HTTPException(400 if "unknown option" in str(e) else 422, str(e)) from None
+            raise HTTPException(400 if isinstance(e, UnknownOptionError) else 422, str(e)) from None
         if "path" in query:
             if await _has_body(request):
                 raise HTTPException(400, "give either the video's bytes as the body or path=, not both")
