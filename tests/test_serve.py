@@ -26,6 +26,7 @@ from rlt.cli import app
 from rlt.pipeline import ClipSampling, PackedTokens, RLTConfig, tokenize_video
 from rlt.samples import synthetic_clip, write_video
 from rlt.serve import Client, ServeConfig, ServeError, from_arrow_stream, start, to_arrow_stream
+from tests.s3 import S3
 
 TOKEN = "test-token-123"
 OPTIONS = {"size": 64, "num_frames": 8, "clips_per_video": 2}
@@ -143,7 +144,7 @@ def _post(client: Client, query: str, body: bytes | None, token: str | None = TO
         ("path=../outside/c.mp4", None, TOKEN, 403, "outside the allowed root"),
         ("path=link.mp4", None, TOKEN, 403, "outside the allowed root"),
         ("path=missing.mp4", None, TOKEN, 404, "no such file"),
-        ("path=http://example.com/a.mp4", None, TOKEN, 400, "fetching http:// is not built"),
+        ("path=s3://bucket/a.mp4", None, TOKEN, 403, "outside the allowed root"),
         ("path=a.mp4&sise=64", None, TOKEN, 400, "unknown option 'sise'"),
         ("path=a.mp4&num_frames=many", None, TOKEN, 422, "num_frames must be an int"),
         ("path=a.mp4&compare=never", None, TOKEN, 422, "compare must be one of"),
@@ -236,11 +237,17 @@ def test_other_hosts_need_a_token() -> None:
     assert "give a bearer token" in result.output
 
 
-def test_the_command_serves_until_sigterm(root: Path, cache: Path, tmp_path: Path) -> None:
-    """`rlt-prep serve` as a user runs it: an embedded Ray of its own, answering, stopped by SIGTERM."""
+def test_the_command_serves_until_sigterm(root: Path, cache: Path, tmp_path: Path, s3_server: S3) -> None:
+    """`rlt-prep serve` as a user runs it: an embedded Ray of its own, objects under an allowed root
+    on S3 (moto on loopback) answered as `tokenize_video` answers for the same file, others refused,
+    and exit 0 on SIGTERM."""
+    bucket = s3_server.bucket()
+    for name in ("a.mp4", "b.webm"):
+        s3_server.put(f"{bucket}/videos/{name}", (root / name).read_bytes())
+    s3_server.put(f"{bucket}/other/c.mp4", (root / "a.mp4").read_bytes())
     port = _free_port()
-    env = {**os.environ, "RLT_PREP_CACHE": str(cache), "RLT_PREP_SERVE_TOKEN": TOKEN}
-    command = [sys.executable, "-m", "rlt", "serve", "--port", str(port), "--allow-root", str(root)]
+    env = {**os.environ, **s3_server.env, "RLT_PREP_CACHE": str(cache), "RLT_PREP_SERVE_TOKEN": TOKEN}
+    command = [sys.executable, "-m", "rlt", "serve", "--port", str(port), "--allow-root", f"{bucket}/videos"]
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -251,6 +258,17 @@ def test_the_command_serves_until_sigterm(root: Path, cache: Path, tmp_path: Pat
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
         assert_same(client.tokenize(server_path="a.mp4", **OPTIONS), reference(root / "a.mp4"))
+        assert_same(client.tokenize(server_path=f"{bucket}/videos/b.webm", **OPTIONS), reference(root / "b.webm"))
+        assert_same(client.tokenize(root / "a.mp4", **OPTIONS), reference(root / "a.mp4"))
+        for path, status in [
+            (f"{bucket}/other/c.mp4", 403),
+            (f"{bucket}/videos/../other/c.mp4", 403),
+            ("/etc/passwd", 403),
+            ("missing.mp4", 404),
+        ]:
+            with pytest.raises(ServeError) as refused:
+                client.tokenize(server_path=path, **OPTIONS)
+            assert refused.value.status == status, refused.value
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)

@@ -20,13 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 
 from rlt.dataset._files import cache_root
+from rlt.dataset._remote import is_url, local_path
 from rlt.pipeline import VideoDecodeError, decode_clips, tokenize_clips
 from rlt.serve._config import RequestOptions, ServeConfig, UnknownOptionError, parse_options
 from rlt.serve._stats import Stats
@@ -113,7 +113,8 @@ class Tokenizer:
         root.mkdir(parents=True, exist_ok=True)
         _remove_dead_uploads(root)
         self.uploads = Path(tempfile.mkdtemp(prefix=f"{_UPLOADS}-{socket.gethostname()}-{os.getpid()}-", dir=root))
-        self.allow_root = os.path.realpath(config.allow_root) if config.allow_root else None
+        local_root = config.allow_root is not None and not is_url(config.allow_root)
+        self.allow_root = os.path.realpath(local_path(config.allow_root or "")) if local_root else None
         # One thread does every batch's work: the replica's one decoder. Handing batches to the
         # default pool's threads in turn gave each of them its own malloc arena, and the replica's
         # private memory grew by about 200 MB under load (benchmarks/bench_serve.py).
@@ -180,6 +181,8 @@ class Tokenizer:
     async def _run(self, job: Job) -> Response:
         result = await self._tokenize_batch(job)
         if isinstance(result, VideoDecodeError):
+            if is_url(job.path) and result.reason.startswith("cannot be fetched"):
+                raise HTTPException(404, f"{job.name}: {result.reason}")
             raise HTTPException(422, f"{job.name}: not a video this server can decode: {result.reason}")
         if isinstance(result, ValueError):
             raise HTTPException(422, f"{job.name}: {result}")
@@ -237,20 +240,27 @@ class Tokenizer:
         return path
 
     def _allowed_path(self, given: str) -> str:
-        """``given`` (a path, or a file:// URL), resolved; 403 outside the allowed root."""
-        if self.allow_root is None:
+        """``given`` (a path, a ``file://`` URL, or under a URL root an object's URL), relative to the
+        allowed root or absolute; 403 outside it."""
+        root = self.config.allow_root
+        if root is None:
             raise HTTPException(403, "this server takes no paths: it was started without --allow-root")
-        url = urlparse(given)
-        if url.scheme == "file":
-            given = unquote(url.path)
-        elif url.scheme and len(url.scheme) > 1:  # "C:" aside, a scheme we do not fetch
-            raise HTTPException(
-                400, f"{given}: only paths and file:// URLs are served; fetching {url.scheme}:// is not built yet"
-            )
+        outside = HTTPException(403, f"{given} is outside the allowed root {root}")
+        if is_url(root):  # an object store: the URL must lie below the root's, with no . or .. in it
+            base = root.rstrip("/")
+            url = given if is_url(given) else f"{base}/{given}"
+            if given.startswith("/") or not url.startswith(base + "/"):
+                raise outside
+            if any(part in ("", ".", "..") for part in url[len(base) + 1 :].split("/")):
+                raise outside
+            return url
+        local_root = self.allow_root  # set: the root is a folder
+        if local_root is None or is_url(given):
+            raise outside
         # The real path: a link inside the root that points outside it is outside.
-        real = os.path.realpath(os.path.join(self.allow_root, given))
-        if os.path.commonpath([real, self.allow_root]) != self.allow_root:
-            raise HTTPException(403, f"{given} is outside the allowed root {self.config.allow_root}")
+        real = os.path.realpath(os.path.join(local_root, str(local_path(given))))
+        if os.path.commonpath([real, local_root]) != local_root:
+            raise outside
         if not os.path.isfile(real):
             raise HTTPException(404, f"{given}: no such file under the allowed root")
         return real

@@ -9,9 +9,9 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from rlt.dataset._remote import is_url, local_path
 from rlt.pipeline import ClipSampling, RLTConfig, check_backend
 
 TOKEN_ENV = "RLT_PREP_SERVE_TOKEN"
@@ -36,7 +36,8 @@ class ServeConfig:
         host: the address the HTTP server binds; any other than loopback needs ``token``.
         port: its port.
         allow_root: the folder whose files requests may name by path (``path=``, or a ``file://``
-            URL); None refuses every path request.
+            URL), or a URL (``s3://bucket/videos``) below which requests may name objects, fetched
+            into the cache root as `rlt-prep tokenize` fetches them; None refuses every path request.
         token: the bearer token every request but ``/healthz`` must carry; None on loopback only.
         max_body_mb: the largest upload, in MiB (2**20 bytes); larger ones get 413.
         ray_address: a Ray cluster to run on; None starts an embedded local Ray.
@@ -67,7 +68,7 @@ class ServeConfig:
             raise ValueError(f"port must be an int in 1..65535, got {self.port!r}")
         if not self.max_body_mb > 0:
             raise ValueError(f"max_body_mb must be > 0, got {self.max_body_mb!r}")
-        if self.allow_root is not None and not Path(self.allow_root).is_dir():
+        if self.allow_root is not None and not is_url(self.allow_root) and not local_path(self.allow_root).is_dir():
             raise ValueError(f"--allow-root {self.allow_root}: no such folder")
         if self.replicas is not None and self.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
