@@ -24,6 +24,7 @@ from rlt.dataset import (
     SHARDS,
     DatasetIndex,
     ShardMeta,
+    Totals,
     remove_temporary_files,
     shard_folder,
 )
@@ -44,16 +45,10 @@ class ConfigMismatchError(ValueError):
 
 
 @dataclass(frozen=True)
-class JobSummary:
-    """What a run of the job did and what the dataset holds."""
+class JobSummary(Totals):
+    """What a run of the job did, and what the dataset holds (its index's `Totals`)."""
 
     out: Path | str  # a str for a URL
-    videos: int
-    failed: int
-    clips: int
-    tokens: int
-    dense_tokens: int
-    bytes: int
     shards: int
     shards_written: int
     seconds: float

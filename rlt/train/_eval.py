@@ -92,6 +92,7 @@ def evaluate(
     # A dataset (a folder, or a URL but that of a .csv manifest); read_index names what is wrong with
     # an unfinished one.
     is_manifest = not ((is_url(data) and not str(data).endswith(".csv")) or Path(data).is_dir())
+    token_views = 1 if is_manifest else spatial_crops  # raw videos come as their views; a dataset's are cut here
     if not is_manifest:
         _check_geometry(dataset_spec(data), spec, data)
         batches = TokenLoader(TokenStream(data, max_tokens=max_tokens, shuffle=False, rank=0, world_size=1))
@@ -112,12 +113,11 @@ def evaluate(
     seconds = 0.0
     for stored in batches:
         stored = stored.to(device, non_blocking=True)
-        for view in range(1 if is_manifest else spatial_crops):  # raw videos come as their views
+        for view in range(token_views):
             # A model trained on crops of the stored frames sees their centre (one view), or views
             # spread along the longer side.
-            views = 1 if is_manifest else spatial_crops
-            batch = view_crop_tokens(stored, model.config.image_size, view=view, views=views)
-            if views > 1 and batch is stored:
+            batch = view_crop_tokens(stored, model.config.image_size, view=view, views=token_views)
+            if token_views > 1 and batch is stored:
                 raise ValueError(
                     f"{data}: {spatial_crops} spatial crops need clips larger than the model's "
                     f"{model.config.image_size} px on one side; these are {model.config.image_size} px square"
