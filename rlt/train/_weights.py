@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from rlt.dataset import open_atomic
+from rlt.dataset._format import parse_json
 from rlt.train._checkpoint import CHECKPOINT_VERSION, find_checkpoint, list_checkpoints, read_weights
 from rlt.train._model import VideoViT, ViTConfig, sinusoid_table
 
@@ -341,10 +342,7 @@ def _state_dict(path: Path, loaded: Any) -> dict[str, torch.Tensor]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        values = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not JSON ({e})") from e
+    values = parse_json(path.read_bytes(), path)
     if not isinstance(values, dict):
         raise ValueError(f"{path} is not a JSON object")
     return values
