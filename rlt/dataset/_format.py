@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +217,13 @@ class Totals:
     dense_tokens: int
     bytes: int
 
+    @classmethod
+    def of(cls, shards: Any) -> Totals:
+        """The sums over ``shards`` (`ShardEntry` or `ShardMeta`: their ``rows`` are the clips)."""
+        return cls(
+            **{k: sum(getattr(s, "rows" if k == "clips" else k) for s in shards) for k in cls.__dataclass_fields__}
+        )
+
 
 @dataclass(frozen=True)
 class DatasetIndex:
@@ -230,6 +237,10 @@ class DatasetIndex:
         decoders: the decoder chains that read the videos.
         totals: sums over the shards.
         shards: the shards in order; rows are numbered across them in this order.
+        generation: counts the index's publications: every write of ``index.json`` raises it by
+            one (``rlt-prep serve --watch`` publishes one per round). Shards are only appended: the
+            shards of an earlier generation are the first ones of every later generation, unless
+            a run rewrote them (``--retry-failed`` or ``--overwrite`` in ``rlt-prep tokenize``).
     """
 
     storage: str
@@ -239,6 +250,7 @@ class DatasetIndex:
     decoders: tuple[str, ...]
     totals: Totals
     shards: tuple[ShardEntry, ...]
+    generation: int = 1
 
     @property
     def geometry(self) -> Geometry:
@@ -253,25 +265,24 @@ class DatasetIndex:
         config: dict[str, Any],
         classes: list[str] | tuple[str, ...] | None,
         versions: dict[str, str],
+        generation: int = 1,
     ) -> DatasetIndex:
         """The index of a dataset made of ``metas``' shards."""
-        totals = Totals(
-            videos=sum(m.videos for m in metas),
-            failed=sum(m.failed for m in metas),
-            clips=sum(m.rows for m in metas),
-            tokens=sum(m.tokens for m in metas),
-            dense_tokens=sum(m.dense_tokens for m in metas),
-            bytes=sum(m.bytes for m in metas),
-        )
         return cls(
             storage=storage,
             config=config,
             classes=tuple(classes) if classes else None,
             versions=versions,
             decoders=tuple(sorted({m.decoder for m in metas})),
-            totals=totals,
+            totals=Totals.of(metas),
             shards=tuple(m.entry for m in metas),
+            generation=generation,
         )
+
+    def prefix(self, count: int) -> DatasetIndex:
+        """This index cut to its first ``count`` shards (totals summed again): what an earlier
+        generation of a dataset that only grows listed."""
+        return replace(self, shards=self.shards[:count], totals=Totals.of(self.shards[:count]))
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -318,11 +329,13 @@ class DatasetIndex:
             decoders=tuple(str(d) for d in _get(values, "decoders", list, path)),
             totals=Totals(**{k: _get(totals, k, int, path, "totals.") for k in Totals.__dataclass_fields__}),
             shards=tuple(shards),
+            # 0: written before generations were counted
+            generation=_get(values, "generation", int, path) if "generation" in values else 0,
         )
+        summed = Totals.of(shards)
         for name in Totals.__dataclass_fields__:
-            total = sum(getattr(s, "rows" if name == "clips" else name) for s in shards)
-            if getattr(index.totals, name) != total:
-                found = getattr(index.totals, name)
+            found, total = getattr(index.totals, name), getattr(summed, name)
+            if found != total:
                 raise FormatError(path, f"totals.{name}", f"{found} disagrees with the shards' {total}")
         return index
 

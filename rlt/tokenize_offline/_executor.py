@@ -69,6 +69,7 @@ class Executor:
         self.workers = workers or usable_cores()
         self._started_ray = False
         self._threads: _Threads | None = None
+        self._left: _Pending | None = None
 
     def __enter__(self) -> Executor:
         if self.address:
@@ -85,7 +86,7 @@ class Executor:
 
     def run(self, out: str | Path, pending: list[ShardSpec]) -> Iterator[dict[str, Any]]:
         """Runs the pending shards and yields each one's result as it completes."""
-        left = _Pending(pending)
+        left = self._left = _Pending(pending)
         if not left:
             return
         if self.address is None:
@@ -99,6 +100,12 @@ class Executor:
                 yield from self._threads.drain()
                 return
         yield from self._on_ray(out, left)
+
+    def stop(self) -> None:
+        """Takes no more shards: `run` ends once those already started have committed (from any
+        thread, e.g. on SIGTERM)."""
+        if self._left is not None:
+            self._left.clear()
 
     def _run_here(self, out: str | Path) -> Any:
         def run(spec: ShardSpec) -> dict[str, Any]:
@@ -292,6 +299,10 @@ class _Pending:
     def __len__(self) -> int:
         with self._lock:
             return len(self._specs)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._specs.clear()
 
 
 class _Threads:

@@ -183,7 +183,7 @@ def _run_job(
                 _add(counts, result["meta"])
                 if on_progress:
                     on_progress(counts)
-            _write_index(output, plan, specs, config)
+            write_index(output, plan, [s.name for s in specs])
             _remove_leftovers(output.local)
     return JobSummary(
         out=output.local if output.store is None else output.name,
@@ -359,13 +359,33 @@ def _remove_leftovers(out: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_index(output: Output, plan: dict[str, Any], specs: list[ShardSpec], config: TokenizeConfig) -> None:
-    metas = [output.meta(s.name) for s in specs]
-    errors = [{"video": e.video, "reason": e.reason, "shard": m.name} for m in metas for e in m.errors]
+def write_index(output: Output, plan: dict[str, Any], names: list[str]) -> DatasetIndex:
+    """Publishes the committed shards ``names`` (in plan order) as the dataset's next index generation.
+
+    ``errors.jsonl`` lists each video whose last attempt failed: a video planned again later (a
+    retry in `rlt-prep serve --watch`) is listed by its last shard only. The generation is counted
+    in ``plan.json``, written before the index, so it rises even across a run that removed the index.
+    """
+    metas = [output.meta(name) for name in names]
+    last = {entry[0]: shard["name"] for shard in plan["shards"] for entry in shard["videos"]}
+    errors = [
+        {"video": e.video, "reason": e.reason, "shard": m.name}
+        for m in metas
+        for e in m.errors
+        if last.get(e.video, m.name) == m.name
+    ]
+    plan["generation"] = int(plan.get("generation", 0)) + 1
+    output.write_plan(plan)
     index = DatasetIndex.of(
-        metas, storage=config.storage, config=plan["config"], classes=plan["classes"], versions=_versions()
+        metas,
+        storage=plan["config"]["storage"],
+        config=plan["config"],
+        classes=plan["classes"],
+        versions=_versions(),
+        generation=plan["generation"],
     )
     output.finish(errors, index)
+    return index
 
 
 def _versions() -> dict[str, str]:

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rlt._checks import check_choice
-from rlt.dataset import ClipRecord, CorruptShardError, TokenDataset
+from rlt.dataset import ClipRecord, CorruptShardError, DatasetIndex, TokenDataset, read_index
 from rlt.dataset._remote import is_url
 from rlt.pipeline import PackedTokens
 from rlt.train._augment import one_clip_per_video
@@ -76,6 +76,9 @@ class TokenStream(IterableDataset):
         cache_limit: for a URL, bytes the local cache of shards may hold (see `rlt.dataset.TokenDataset`).
         one_clip_per_video: each epoch plans one of each video's stored clips, drawn anew every epoch
             (`rlt.train.one_clip_per_video`; a pure function of (seed, epoch), so resuming stays exact).
+        follow: for a dataset that grows (`rlt-prep serve DATASET --watch SOURCE`): each new epoch
+            takes in the shards of the index's latest generation; an epoch's shards stay fixed
+            until it ends, and the loader's state records how many there were, so resuming is exact.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class TokenStream(IterableDataset):
         prefetch: int = 2,
         cache_limit: int | None = None,
         one_clip_per_video: bool = False,
+        follow: bool = False,
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -112,48 +116,125 @@ class TokenStream(IterableDataset):
         # Counted in the process that iterates (`TokenLoader` gathers its workers' counts).
         self.skipped_shards: list[str] = []
         self.skipped_clips = 0
-        # Metadata only: token counts per clip, read from the index's shards without hashing pixels
-        # (from a URL, without fetching them).
-        columns = ["num_tokens", "video"] if one_clip_per_video else ["num_tokens"]
-        dataset = TokenDataset(self.root, columns=columns, verify=False, cache_limit=cache_limit)
-        self._index = dataset.index  # read once: every epoch and worker plans from this one
-        dataset.prefetch(range(len(dataset.shards)))  # from a URL: the metadata of many shards at once
-        g = dataset.geometry
-        rlt = dataset.config["rlt"]
+        self.follow = follow
+        self._shard_rows: list[int] = []
+        self._counts: list[np.ndarray] = []
+        self._video_names: list[np.ndarray] = []
+        self._bad: set[int] = set()
+        self._index: DatasetIndex = read_index(self.root)
+        self._take_in(self._index)
+        g = self._index.geometry
+        rlt = self._index.config["rlt"]
         self.grid = (g.tubelets, g.rows, g.cols)
         self.tubelet_size, self.patch_size = int(rlt["tubelet_size"]), int(rlt["patch_size"])
-        self._shard_rows = [s.rows for s in dataset.shards]
-        counts: list[np.ndarray] = []
-        videos: list[np.ndarray] = []
-        self._bad: set[int] = set()
-        for k, info in enumerate(dataset.shards):
+
+    @property
+    def generation(self) -> int:
+        """The generation of the dataset's index this stream plans from (see `follow`)."""
+        return self._index.generation
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shard_rows)
+
+    def _take_in(self, index: DatasetIndex) -> None:
+        """Plans from ``index`` from now on: reads the metadata of its shards beyond those already
+        taken in, which must be the first shards of ``index``."""
+        taken = len(self._shard_rows)
+        if taken:
+            old = self._index.shards[:taken]
+            if len(index.shards) < taken or index.shards[:taken] != old:
+                raise ValueError(
+                    f"{self.root}: the dataset's shards changed since generation {self._index.generation} "
+                    f"(generation {index.generation} does not start with them): it was rewritten, not grown; "
+                    f"open it anew"
+                )
+        self._index = index  # every epoch and worker plans from this one
+        # Metadata only: token counts per clip, read from the index's shards without hashing pixels
+        # (from a URL, without fetching them).
+        columns = ["num_tokens", "video"] if self.one_clip_per_video else ["num_tokens"]
+        dataset = TokenDataset(self.root, columns=columns, verify=False, cache_limit=self.cache_limit, index=index)
+        new = range(taken, len(dataset.shards))
+        dataset.prefetch(new)  # from a URL: the metadata of many shards at once
+        for k in new:
+            info = dataset.shards[k]
             try:
                 shard_counts = dataset.shard(k).column("num_tokens").astype(np.int64)
-                shard_videos = dataset.shard(k).column("video").astype(str) if one_clip_per_video else None
+                shard_videos = dataset.shard(k).column("video").astype(str) if self.one_clip_per_video else None
             except CorruptShardError as e:
-                if on_error == "raise":
+                if self.on_error == "raise":
                     raise
                 log.warning("skipping corrupt shard %s", e)
                 self._bad.add(k)
                 self.skipped_shards.append(e.shard)
                 self.skipped_clips += info.rows
                 shard_counts = np.zeros(info.rows, dtype=np.int64)
-                shard_videos = np.full(info.rows, "") if one_clip_per_video else None
-            counts.append(shard_counts)
+                shard_videos = np.full(info.rows, "") if self.one_clip_per_video else None
+            self._shard_rows.append(info.rows)
+            self._counts.append(shard_counts)
             if shard_videos is not None:
-                videos.append(shard_videos)
+                self._video_names.append(shard_videos)
             dataset.release(k)
         dataset.close()
+        self._derive()
+
+    def _derive(self) -> None:
+        """The arrays the plan reads, from the shards taken in."""
         self._starts = np.cumsum([0, *self._shard_rows])  # shard k owns clips starts[k]:starts[k+1]
-        self._clip_tokens = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        self._clip_tokens = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
         # With one_clip_per_video, each row's video (a corrupt shard's rows are skipped whatever they say).
-        self._videos: np.ndarray | None = np.concatenate(videos) if videos else None
-        if one_clip_per_video and self._videos is None:
-            self._videos = np.zeros(0, dtype=str)
+        self._videos: np.ndarray | None = None
+        if self.one_clip_per_video:
+            self._videos = np.concatenate(self._video_names) if self._video_names else np.zeros(0, dtype=str)
+
+    def refresh(self) -> bool:
+        """Takes in the shards the dataset's latest index generation added; returns whether there were any.
+
+        `set_epoch` calls it when ``follow`` is on. An index being replaced, or briefly missing (a
+        `rlt-prep tokenize` re-run removes it until it ends), leaves the stream as it was.
+        """
+        try:
+            index = read_index(self.root)
+        except FileNotFoundError:
+            return False
+        if index.generation == self._index.generation and len(index.shards) == self.num_shards:
+            return False
+        before = self.num_shards
+        self._take_in(index)
+        if self.num_shards > before:
+            log.info("%s: generation %d adds %d shards", self.root, index.generation, self.num_shards - before)
+        return self.num_shards > before
+
+    def _view(self, shards: int) -> None:
+        """Plans from the dataset's first ``shards`` shards (a resumed epoch's, from its state)."""
+        if shards == self.num_shards:
+            return
+        if shards > self.num_shards:
+            self._take_in(read_index(self.root))
+            if shards > self.num_shards:
+                raise ValueError(
+                    f"loader state covers {shards} shards; {self.root} has {self.num_shards} "
+                    f"(another or a rewritten dataset)"
+                )
+        if shards < self.num_shards:
+            if not self.follow:
+                raise ValueError(
+                    f"loader state covers {shards} shards; {self.root} has {self.num_shards} now: "
+                    f"open the stream with follow=True to resume a growing dataset"
+                )
+            self._shard_rows, self._counts = self._shard_rows[:shards], self._counts[:shards]
+            self._video_names = self._video_names[:shards]
+            self._bad = {k for k in self._bad if k < shards}
+            self._index = self._index.prefix(shards)
+            self._derive()
 
     def set_epoch(self, epoch: int) -> None:
+        """The next iteration plans epoch ``epoch`` from its first batch; with ``follow``, over the
+        shards of the dataset's latest index generation."""
         self.epoch = epoch
         self.start_batch = 0
+        if self.follow:
+            self.refresh()
 
     def plan(self, epoch: int | None = None) -> list[np.ndarray]:
         """This rank's batches for ``epoch``: each an array of global clip indices."""
@@ -432,6 +513,9 @@ class TokenLoader:
             "rank": self.stream.rank,
             "world_size": self.stream.world_size,
             "one_clip_per_video": self.stream.one_clip_per_video,
+            # The epoch's shards: a growing dataset (follow=True) resumes over the same ones.
+            "shards": self.stream.num_shards,
+            "generation": self.stream.generation,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -443,5 +527,7 @@ class TokenLoader:
             if state[key] != mine[key]:
                 raise ValueError(f"loader state has {key}={state[key]!r}, this loader {mine[key]!r}")
         self.stream.set_epoch(int(state["epoch"]))
+        if "shards" in state:  # written before it existed: the dataset did not grow then
+            self.stream._view(int(state["shards"]))
         self.stream.start_batch = int(state["batches"])
         self._consumed = self.stream.start_batch
