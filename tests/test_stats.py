@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from rlt.pipeline import ClipSampling
 from rlt.samples import make_samples, synthetic_clip, write_video
 from rlt.stats import dataset_stats, threshold_sweep, write_html
 from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
+from tests.chromium import chromium, render
 
 SAMPLING = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
 
@@ -113,18 +112,9 @@ def test_cli_writes_json_and_html(tmp_path: Path, dataset: Path) -> None:
 
 
 def test_html_report_renders_in_headless_chromium(tmp_path: Path, dataset: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium (see .ci/run)")
-        pytest.skip("chromium is not installed")
+    chromium()
     page = write_html(dataset_stats(dataset), tmp_path / "report.html")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]  # fmt: skip
-    dom = subprocess.run(
-        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    ).stdout
+    dom = render(page.as_uri(), tmp_path / "profile")
     assert 'data-plots-loaded="4/4"' in dom
     assert "Predicted speed-up" in dom
 

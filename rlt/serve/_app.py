@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from ray import serve
 
 from rlt.dataset._files import cache_root
 from rlt.dataset._remote import is_url, local_path
 from rlt.pipeline import VideoDecodeError, decode_clips, tokenize_clips
 from rlt.serve._config import RequestOptions, ServeConfig, UnknownOptionError, parse_options
+from rlt.serve._page import PAGE, PAGE_HEADERS
 from rlt.serve._stats import Stats
 from rlt.serve._wire import MEDIA_TYPE, to_arrow_stream
 
@@ -128,6 +129,12 @@ class Tokenizer:
 
     # --- the endpoints -------------------------------------------------------------------------
 
+    @api.get("/")
+    @api.get("/status")
+    def page(self) -> HTMLResponse:
+        # Static, so it needs no token: its data comes from /v1/status, which does.
+        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+
     @api.get("/healthz")
     def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
@@ -202,13 +209,13 @@ class Tokenizer:
             decoded = decode_clips([(jobs[k].name, jobs[k].path) for k in members], sampling=sampling, backend=backend)
             for k, item in zip(members, decoded, strict=True):
                 if isinstance(item, VideoDecodeError):
-                    self.stats.failed(1)
+                    self.stats.failed(video=jobs[k].name, reason=item.reason)
                     results[k] = item
                     continue
                 try:
                     packed = tokenize_clips([item], jobs[k].options.rlt)
                 except ValueError as e:  # options that do not fit the clip (e.g. frames and tubelets)
-                    self.stats.failed(1)
+                    self.stats.failed(video=jobs[k].name, reason=str(e))
                     results[k] = e
                     continue
                 self.stats.done(clips=packed.num_clips, kept=packed.tokens.shape[0], dense=packed.dense_tokens)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 # Upper bounds of the latency histogram, in seconds.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The history behind the status page's throughput chart: a sample at most every 5 s, the last 720
+# (an hour when busy; longer when idle, as nothing is sampled while nothing is asked or done).
+HISTORY_EVERY_S = 5.0
+HISTORY_SAMPLES = 720
+# The failed videos the status page lists, newest last.
+ERRORS_KEPT = 50
 
 
 class Stats:
@@ -22,6 +28,9 @@ class Stats:
         self.responses: Counter[int] = Counter()
         self.latency_sum = 0.0
         self.latency_buckets = [0] * len(LATENCY_BUCKETS)
+        # (Unix time, videos done, kept tokens, videos failed), from the start on.
+        self.history: deque[tuple[float, int, int, int]] = deque([(self.started, 0, 0, 0)], maxlen=HISTORY_SAMPLES)
+        self.errors: deque[dict[str, Any]] = deque(maxlen=ERRORS_KEPT)
 
     def begin(self) -> None:
         with self._lock:
@@ -42,16 +51,34 @@ class Stats:
             self.clips += clips
             self.kept_tokens += kept
             self.dense_tokens += dense
+            self._sample(time.time())
 
-    def failed(self, videos: int) -> None:
+    def failed(self, *, video: str, reason: str) -> None:
+        """One video that could not be tokenized, and why (kept among the last `ERRORS_KEPT`)."""
         with self._lock:
-            self.videos_failed += videos
+            self.videos_failed += 1
+            now = time.time()
+            self.errors.append({"time": now, "video": video, "reason": reason})
+            self._sample(now)
+
+    def _sample(self, now: float) -> None:
+        """Adds the counters to the history if its last sample is `HISTORY_EVERY_S` old; call with the lock held."""
+        if now - self.history[-1][0] >= HISTORY_EVERY_S:
+            self.history.append((now, self.videos_done, self.kept_tokens, self.videos_failed))
 
     def snapshot(self) -> dict[str, Any]:
         """``/v1/status``: videos done, queued (in flight) and failed, throughput since the start,
-        the kept-token ratio, the requests by HTTP status, and this replica's resident memory."""
+        the kept-token ratio, the requests by HTTP status, this replica's resident memory, the
+        history of the counters (``[[time, videos_done, kept_tokens, videos_failed], ...]``, ending
+        with now's) and the last failed videos (``[{"time", "video", "reason"}, ...]``)."""
         with self._lock:
-            uptime = max(time.time() - self.started, 1e-9)
+            now = time.time()
+            self._sample(now)
+            uptime = max(now - self.started, 1e-9)
+            current = (now, self.videos_done, self.kept_tokens, self.videos_failed)
+            history = [list(sample) for sample in self.history]
+            if history[-1] != list(current):
+                history.append(list(current))
             return {
                 "videos_done": self.videos_done,
                 "videos_queued": self.in_flight,
@@ -66,6 +93,8 @@ class Stats:
                 "tokens_per_s": self.kept_tokens / uptime,
                 "requests": {str(code): n for code, n in sorted(self.responses.items())},
                 **_memory(),
+                "history": history,
+                "errors": [dict(error) for error in self.errors],
             }
 
     def prometheus(self) -> str:
