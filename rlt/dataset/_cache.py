@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -57,7 +58,8 @@ FETCH_THREADS = 2
 METADATA_THREADS = 8
 # A temporary folder this old was left by a process that died while fetching.
 STALE_SECONDS = 3600
-CHUNK = 8 << 20
+# Bytes a download asks the store for at once (see `RemoteShards._download`).
+BLOCK = 256 << 20
 Kind = Literal["shards", "meta"]
 KINDS: tuple[Kind, ...] = ("shards", "meta")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -246,21 +248,35 @@ class RemoteShards:
         return meta, raw
 
     def _download(self, relative: str, target: Path, entry: FileEntry, where: str) -> None:
-        """Copies one object to ``target``, hashing it on the way; raises if it is not the one recorded."""
+        """Copies one object to ``target``, hashing it on the way; raises if it is not the one recorded.
+
+        The object is read straight into the pages of ``target`` (mapped), in requests of up to
+        `BLOCK` bytes: no buffer of its own and no copy between buffers. Streaming it 8 MB at a time
+        (pyarrow sends a ranged GET per read) took 2.5x as long against moto's server, where a
+        ranged GET costs about what a whole one does; against S3 each request adds a round trip.
+        """
         import xxhash
 
-        digest, size = xxhash.xxh3_128(), 0
+        digest = xxhash.xxh3_128()
         try:
-            source = self.store.fs.open_input_stream(self.store.key(relative), compression=None)
+            source = self.store.fs.open_input_file(self.store.key(relative))
         except FileNotFoundError:
             raise CorruptShardError(where, f"{entry.path} is missing") from None
-        with source, open(target, "wb") as out:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-        if size != entry.bytes:
-            raise CorruptShardError(where, f"{entry.path} has {size} bytes, expected {entry.bytes} (truncated?)")
+        with source, open(target, "w+b") as out:
+            size = source.size()
+            if size != entry.bytes:
+                raise CorruptShardError(where, f"{entry.path} has {size} bytes, expected {entry.bytes} (truncated?)")
+            if size:
+                out.truncate(size)
+                with mmap.mmap(out.fileno(), size) as pages, memoryview(pages) as view:
+                    done = 0
+                    while done < size:
+                        with view[done : done + BLOCK] as block:  # released even on error, so the map closes
+                            n = source.readinto(block)
+                            digest.update(block[:n])
+                        if n == 0:  # the object shrank since its size was read
+                            raise CorruptShardError(where, f"{entry.path} ended after {done} of {size} bytes")
+                        done += n
         if f"{DIGEST}:{digest.hexdigest()}" != entry.digest:
             raise CorruptShardError(where, f"{entry.path} does not match its checksum (altered)")
 
