@@ -41,6 +41,48 @@ Backend = Annotated[
     ),
 ]
 
+# The options that decide a dataset's bytes, shared by `tokenize` and `serve --watch` (built by
+# `tokenize_config`), and those of where the job runs.
+DatasetFormat = Annotated[str, typer.Option("--format", help="arrow (fastest to write and read) | zarr (2x smaller)")]
+ShardSize = Annotated[int, typer.Option(help="videos per shard")]
+ClipsPerVideo = Annotated[int, typer.Option(help="clips per video (K)")]
+Threshold = Annotated[float, typer.Option(help="RLT threshold (ImageNet-normalised units)")]
+Compare = Annotated[str, typer.Option(help="previous | run_start")]
+NumFrames = Annotated[int, typer.Option(help="frames per clip")]
+FrameInterval = Annotated[int, typer.Option(help="frames between a clip's frames")]
+Size = Annotated[int, typer.Option(help="short side and centre crop, in pixels")]
+RayAddress = Annotated[
+    str | None, typer.Option(help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+]
+Workers = Annotated[int | None, typer.Option(help="shards at once (default: the usable cores)")]
+GpusPerTask = Annotated[
+    float | None, typer.Option(help="GPU fraction per task (default: 0.25 where the cluster has GPUs)")
+]
+VideosPerBatch = Annotated[int, typer.Option(help="videos decoded together in a task (one DALI batch)")]
+
+
+def tokenize_config(
+    format: str,
+    shard_size: int,
+    clips_per_video: int,
+    threshold: float,
+    compare: str,
+    num_frames: int,
+    frame_interval: int,
+    size: int,
+    backend: str,
+) -> TokenizeConfig:
+    """The offline job's configuration from the command line's options."""
+    return TokenizeConfig(
+        storage=format,  # type: ignore[arg-type]
+        shard_size=shard_size,
+        sampling=ClipSampling(
+            num_frames=num_frames, frame_interval=frame_interval, clips_per_video=clips_per_video, size=size, crop=size
+        ),
+        rlt=RLTConfig(threshold=threshold, compare=compare),  # type: ignore[arg-type]
+        backend=backend,
+    )
+
 
 @app.callback()
 def _main() -> None:
@@ -164,25 +206,19 @@ def tokenize(
     out: Annotated[
         str, typer.Argument(help="dataset folder or URL (s3://bucket/prefix); nothing is written outside it")
     ],
-    format: Annotated[
-        str, typer.Option("--format", help="arrow (fastest to write and read) | zarr (2x smaller)")
-    ] = "arrow",
-    shard_size: Annotated[int, typer.Option(help="videos per shard")] = 64,
-    clips_per_video: Annotated[int, typer.Option(help="clips per video (K)")] = 1,
-    threshold: Annotated[float, typer.Option(help="RLT threshold (ImageNet-normalised units)")] = 0.1,
-    compare: Annotated[str, typer.Option(help="previous | run_start")] = "previous",
-    num_frames: Annotated[int, typer.Option(help="frames per clip")] = 16,
-    frame_interval: Annotated[int, typer.Option(help="frames between a clip's frames")] = 4,
-    size: Annotated[int, typer.Option(help="short side and centre crop, in pixels")] = 224,
+    format: DatasetFormat = "arrow",
+    shard_size: ShardSize = 64,
+    clips_per_video: ClipsPerVideo = 1,
+    threshold: Threshold = 0.1,
+    compare: Compare = "previous",
+    num_frames: NumFrames = 16,
+    frame_interval: FrameInterval = 4,
+    size: Size = 224,
     backend: Backend = "auto",
-    ray_address: Annotated[
-        str | None, typer.Option(help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
-    ] = None,
-    workers: Annotated[int | None, typer.Option(help="shards at once (default: the usable cores)")] = None,
-    gpus_per_task: Annotated[
-        float | None, typer.Option(help="GPU fraction per task (default: 0.25 where the cluster has GPUs)")
-    ] = None,
-    videos_per_batch: Annotated[int, typer.Option(help="videos decoded together in a task (one DALI batch)")] = 8,
+    ray_address: RayAddress = None,
+    workers: Workers = None,
+    gpus_per_task: GpusPerTask = None,
+    videos_per_batch: VideosPerBatch = 8,
     ray_after: Annotated[
         float,
         typer.Option(
@@ -202,18 +238,8 @@ def tokenize(
     dataset is complete but some videos failed (listed in OUT/errors.jsonl).
     """
     with _bad_input_exits():
-        config = TokenizeConfig(
-            storage=format,  # type: ignore[arg-type]
-            shard_size=shard_size,
-            sampling=ClipSampling(
-                num_frames=num_frames,
-                frame_interval=frame_interval,
-                clips_per_video=clips_per_video,
-                size=size,
-                crop=size,
-            ),
-            rlt=RLTConfig(threshold=threshold, compare=compare),  # type: ignore[arg-type]
-            backend=backend,
+        config = tokenize_config(
+            format, shard_size, clips_per_video, threshold, compare, num_frames, frame_interval, size, backend
         )
         summary = _run_tokenize(
             manifest, out, config, ray_address, workers, overwrite, gpus_per_task, videos_per_batch, ray_after,

@@ -29,8 +29,10 @@ from rlt.dataset._files import cache_root
 from rlt.dataset._remote import is_url, local_path
 from rlt.pipeline import VideoDecodeError, decode_clips, tokenize_clips
 from rlt.serve._config import RequestOptions, ServeConfig, UnknownOptionError, parse_options
+from rlt.serve._control import ControlView
 from rlt.serve._page import PAGE, PAGE_HEADERS
 from rlt.serve._stats import Stats
+from rlt.serve._watch import watch_prometheus
 from rlt.serve._wire import MEDIA_TYPE, to_arrow_stream
 
 api = FastAPI(title="rlt-prep serve")
@@ -108,6 +110,7 @@ class Tokenizer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.stats = Stats()
+        self.control = ControlView()
         self._lock = threading.Lock()
         # Uploads are written here and removed after decoding; the folder goes with the replica.
         root = cache_root() / "serve"
@@ -136,18 +139,37 @@ class Tokenizer:
         return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 
     @api.get("/healthz")
-    def healthz(self) -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(self) -> JSONResponse:
+        # 503 once SIGTERM came: a load balancer stops sending work while the server drains.
+        if await self.control.draining():
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @api.get("/v1/status")
-    def status(self, request: Request) -> JSONResponse:
+    async def status(self, request: Request) -> JSONResponse:
         self._authorize(request)
-        return JSONResponse(self.stats.snapshot())
+        snapshot = self.stats.snapshot()
+        snapshot["draining"] = await self.control.draining()
+        if self.config.watch is not None:
+            snapshot["watch"] = await self.control.watch()
+        return JSONResponse(snapshot)
 
     @api.get("/metrics")
-    def metrics(self, request: Request) -> PlainTextResponse:
+    async def metrics(self, request: Request) -> PlainTextResponse:
         self._authorize(request)
-        return PlainTextResponse(self.stats.prometheus(), media_type="text/plain; version=0.0.4")
+        text = self.stats.prometheus()
+        if self.config.watch is not None:
+            text += watch_prometheus(await self.control.watch())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @api.post("/v1/retry")
+    async def retry(self, request: Request) -> JSONResponse:
+        """Watch mode: the failed videos are tried again at the next round."""
+        self._authorize(request)
+        if self.config.watch is None:
+            raise HTTPException(404, "this server watches no SOURCE: start it as rlt-prep serve DATASET --watch SOURCE")
+        await self.control.ask_retry()
+        return JSONResponse({"retry": "the failed videos are tried again at the next round"}, status_code=202)
 
     @api.post("/v1/tokenize")
     async def tokenize(self, request: Request) -> Response:
@@ -155,6 +177,8 @@ class Tokenizer:
         self.stats.begin()
         code = 500
         try:
+            if await self.control.draining():
+                raise HTTPException(503, "the server is shutting down and takes no new work", {"Retry-After": "5"})
             response = await self._tokenize(request)
             code = 200
             return response

@@ -8,11 +8,12 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlt.dataset._remote import is_url, local_path
 from rlt.pipeline import ClipSampling, RLTConfig, check_backend
+from rlt.tokenize_offline._config import TokenizeConfig
 
 TOKEN_ENV = "RLT_PREP_SERVE_TOKEN"
 LOOPBACK_NAMES = ("localhost",)
@@ -26,6 +27,38 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to anything
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """Watch mode (`rlt-prep serve DATASET --watch SOURCE`, see `rlt.serve._watch`).
+
+    Attributes:
+        dataset: the dataset folder or URL the new videos' shards go to (the server holds its lock).
+        source: a manifest, a folder of videos, or an object-store prefix.
+        tokenize: the dataset's configuration, as `rlt-prep tokenize` takes it (a dataset made with
+            another one is refused).
+        poll_s: seconds between scans of SOURCE.
+        retry_failed: try the failed videos again at the first round.
+        workers, gpus_per_task, videos_per_batch: where and how the shards run, as in `rlt-prep tokenize`.
+    """
+
+    dataset: str
+    source: str
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    poll_s: float = 2.0
+    retry_failed: bool = False
+    workers: int | None = None
+    gpus_per_task: float | None = None
+    videos_per_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.poll_s > 0:
+            raise ValueError(f"poll_s must be > 0, got {self.poll_s!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.videos_per_batch < 1:
+            raise ValueError(f"videos_per_batch must be >= 1, got {self.videos_per_batch}")
 
 
 @dataclass(frozen=True)
@@ -44,6 +77,10 @@ class ServeConfig:
         replicas: tokenizer replicas (each one decoder); None: one per GPU of the cluster, or one.
         max_batch_size: requests decoded together on a replica (one DALI batch on a GPU).
         batch_wait_s: how long a replica waits for more requests to fill a batch.
+        watch: watch mode's configuration, or None for the HTTP API alone.
+        drain_s: on SIGTERM, how long the running shards of watch mode and the requests in
+            flight may take to finish before the server stops anyway (an unfinished shard is
+            discarded: it never becomes visible).
     """
 
     host: str = "127.0.0.1"
@@ -55,6 +92,8 @@ class ServeConfig:
     replicas: int | None = None
     max_batch_size: int = 8
     batch_wait_s: float = 0.01
+    watch: WatchConfig | None = None
+    drain_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -72,6 +111,8 @@ class ServeConfig:
             raise ValueError(f"--allow-root {self.allow_root}: no such folder")
         if self.replicas is not None and self.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if self.drain_s < 0:
+            raise ValueError(f"drain_s must be >= 0, got {self.drain_s!r}")
         if self.max_batch_size < 1 or self.batch_wait_s < 0:
             raise ValueError(
                 f"max_batch_size must be >= 1 and batch_wait_s >= 0, got {self.max_batch_size}, {self.batch_wait_s}"

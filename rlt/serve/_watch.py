@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -142,6 +142,8 @@ class Watcher:
         poll_s: seconds between scans.
         retry_failed: plan the failed videos again on the first round.
         on_status: called with `status` after every change (the server hands it to the replicas).
+        retry_requested: called before every round; True plans the failed videos again (the
+            server asks its control actor whether ``POST /v1/retry`` came).
     """
 
     def __init__(
@@ -151,10 +153,11 @@ class Watcher:
         *,
         poll_s: float = 2.0,
         retry_failed: bool = False,
-        on_status: Any = None,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+        retry_requested: Callable[[], bool] | None = None,
     ) -> None:
         self.dataset, self.source, self.poll_s = dataset, source, poll_s
-        self.on_status = on_status
+        self.on_status, self.retry_requested = on_status, retry_requested
         self._stop = threading.Event()
         self._retry = threading.Event()
         if retry_failed:
@@ -206,6 +209,8 @@ class Watcher:
         if self._stop.is_set():
             return 0
         self._set_state("scanning")
+        if self.retry_requested is not None and self.retry_requested():
+            self._retry.set()
         if self._retry.is_set():
             self._retry.clear()
             failed = self.dataset.failed()
@@ -324,3 +329,31 @@ class Watcher:
                 self.on_status(self.status())
             except Exception as e:  # the status is a view: it never stops the work
                 log.warning("could not publish the watch status: %s", e)
+
+
+def watch_prometheus(status: dict[str, Any] | None) -> str:
+    """The watcher's counters in Prometheus' text format (none before its first status)."""
+    if status is None:
+        return ""
+    lines: list[str] = []
+    for name, kind, help, key in (
+        ("watch_generation", "gauge", "Index generation last published.", "generation"),
+        ("watch_shards", "gauge", "Shards the published index lists.", "shards"),
+        (
+            "watch_videos_done_total",
+            "counter",
+            "Videos of the dataset tokenized (failed ones included).",
+            "videos_done",
+        ),
+        ("watch_videos_failed_total", "counter", "Videos of the dataset whose last attempt failed.", "videos_failed"),
+        ("watch_videos_queued", "gauge", "Videos planned and not yet in a committed shard.", "videos_queued"),
+        ("watch_clips_total", "counter", "Clips in the dataset's committed shards.", "clips"),
+        ("watch_kept_tokens_total", "counter", "Tokens kept in the dataset's committed shards.", "kept_tokens"),
+        ("watch_dense_tokens_total", "counter", "Tokens before RLT in the committed shards.", "dense_tokens"),
+    ):
+        lines += [
+            f"# HELP rlt_serve_{name} {help}",
+            f"# TYPE rlt_serve_{name} {kind}",
+            f"rlt_serve_{name} {status[key]}",
+        ]
+    return "\n".join(lines) + "\n"

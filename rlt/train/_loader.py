@@ -76,9 +76,10 @@ class TokenStream(IterableDataset):
         cache_limit: for a URL, bytes the local cache of shards may hold (see `rlt.dataset.TokenDataset`).
         one_clip_per_video: each epoch plans one of each video's stored clips, drawn anew every epoch
             (`rlt.train.one_clip_per_video`; a pure function of (seed, epoch), so resuming stays exact).
-        follow: for a dataset that grows (`rlt-prep serve DATASET --watch SOURCE`): each new epoch
-            takes in the shards of the index's latest generation; an epoch's shards stay fixed
-            until it ends, and the loader's state records how many there were, so resuming is exact.
+        follow: for a dataset that grows (`rlt-prep serve DATASET --watch SOURCE`): each epoch,
+            as its iteration starts, takes in the shards of the index's latest generation; an
+            epoch's shards stay fixed until it ends, and the loader's state records how many there
+            were, so resuming mid-epoch is exact.
     """
 
     def __init__(
@@ -190,7 +191,8 @@ class TokenStream(IterableDataset):
     def refresh(self) -> bool:
         """Takes in the shards the dataset's latest index generation added; returns whether there were any.
 
-        `set_epoch` calls it when ``follow`` is on. An index being replaced, or briefly missing (a
+        An epoch's iteration calls it first when ``follow`` is on (not a resumed epoch's, which
+        reads the shards its state names). An index being replaced, or briefly missing (a
         `rlt-prep tokenize` re-run removes it until it ends), leaves the stream as it was.
         """
         try:
@@ -229,12 +231,9 @@ class TokenStream(IterableDataset):
             self._derive()
 
     def set_epoch(self, epoch: int) -> None:
-        """The next iteration plans epoch ``epoch`` from its first batch; with ``follow``, over the
-        shards of the dataset's latest index generation."""
+        """The next iteration plans epoch ``epoch`` from its first batch."""
         self.epoch = epoch
         self.start_batch = 0
-        if self.follow:
-            self.refresh()
 
     def plan(self, epoch: int | None = None) -> list[np.ndarray]:
         """This rank's batches for ``epoch``: each an array of global clip indices."""
@@ -299,7 +298,13 @@ class TokenStream(IterableDataset):
         out[emitted:] = buffer
         return out
 
+    def begin_epoch(self) -> None:
+        """With ``follow``, an epoch that starts at its first batch takes the newest shards in."""
+        if self.follow and self.start_batch == 0:
+            self.refresh()
+
     def __iter__(self) -> Iterator[PackedTokens]:
+        self.begin_epoch()
         for item in self._items():
             self._count(item)
             if item.error is not None:
@@ -478,6 +483,7 @@ class TokenLoader:
         self._consumed = 0
 
     def __iter__(self) -> Iterator[PackedTokens]:
+        self.stream.begin_epoch()
         self._consumed = self.stream.start_batch
         loader = DataLoader(
             _Items(self.stream),
