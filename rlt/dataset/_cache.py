@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import mmap
 import os
 import re
 import shutil
@@ -41,11 +40,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from rlt.dataset._files import DIGEST, META, cache_root, checksum
 from rlt.dataset._format import INDEX, SHARDS, DatasetIndex, FileEntry, ShardMeta, parse_json
-from rlt.dataset._reader import CorruptShardError, checked_before, remember_check
+from rlt.dataset._reader import CorruptShardError, _file_stats, checked_before, remember_check
 from rlt.dataset._remote import Store, mirror
 from rlt.dataset._storage import ARROW_TOKENS_FILE
 
@@ -58,8 +57,10 @@ FETCH_THREADS = 2
 METADATA_THREADS = 8
 # A temporary folder this old was left by a process that died while fetching.
 STALE_SECONDS = 3600
-# Bytes a download asks the store for at once (see `RemoteShards._download`).
-BLOCK = 256 << 20
+# Bytes a download asks the store for at once, in one buffer (see `RemoteShards._download`): the
+# default shards (~76 MB) come in one GET; 64 MiB, two GETs each, made a cold epoch 2x slower. A
+# download in flight holds one such buffer (two threads per process fetch).
+BLOCK = 128 << 20
 Kind = Literal["shards", "meta"]
 KINDS: tuple[Kind, ...] = ("shards", "meta")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -133,7 +134,7 @@ class RemoteShards:
     def prefetch(self, shards: list[tuple[str, str]], *, pixels: bool) -> None:
         """Fetches ``shards`` (name, checksum) into the cache in background threads, in order."""
         for name, expected in shards:
-            if (name, pixels) in self._queued or name in self._held:
+            if (name, pixels) in self._queued or name in self._held or self._ready(name, expected, pixels=pixels):
                 continue
             if self._pool is None or self._pool_pid != os.getpid():  # a pool does not survive a fork
                 threads = FETCH_THREADS if pixels else METADATA_THREADS
@@ -186,8 +187,31 @@ class RemoteShards:
             raise
         return folder, lock
 
+    def _ready(self, name: str, expected: str, *, pixels: bool) -> bool:
+        """Whether this process saw a checked copy that serves the reader, unchanged since: nothing
+        to fetch ahead (a warm stream starts no threads). `_get` checks again when it comes to it."""
+        kinds: tuple[Kind, ...] = ("shards",) if pixels else KINDS
+        for kind in kinds:
+            folder = self.local / kind / name
+            seen = _seen.get((str(folder), _key(kind, expected)))
+            if seen is not None and folder.is_dir() and seen == _file_stats(folder):
+                return True
+        return False
+
     def _usable(self, folder: Path, kind: Kind, expected: str) -> bool:
-        return folder.is_dir() and checked_before(folder, _key(kind, expected))
+        """Whether ``folder`` holds a copy checked against ``expected`` whose files have not changed
+        since: the record of the check is read once per process, then its file stats are compared
+        with those this process saw."""
+        if not folder.is_dir():
+            return False
+        key = (str(folder), _key(kind, expected))
+        stats = _file_stats(folder)
+        if _seen.get(key) == stats:
+            return True
+        if not checked_before(folder, key[1], stats):
+            return False
+        _seen[key] = stats
+        return True
 
     def _lock_path(self, kind: Kind, name: str, suffix: str = "") -> Path:
         return self.local / "locks" / f"{kind}-{name}{suffix}"
@@ -218,7 +242,9 @@ class RemoteShards:
             os.rename(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        remember_check(folder, _key(kind, expected))
+        stats = _file_stats(folder)
+        remember_check(folder, _key(kind, expected), stats)
+        _seen[(str(folder), _key(kind, expected))] = stats
         log.debug("fetched %s (%s, %d files)", where, kind, len(files))
 
     def _metadata_copy(self, name: str, expected: str) -> tuple[Path, ShardMeta, bytes] | None:
@@ -250,10 +276,11 @@ class RemoteShards:
     def _download(self, relative: str, target: Path, entry: FileEntry, where: str) -> None:
         """Copies one object to ``target``, hashing it on the way; raises if it is not the one recorded.
 
-        The object is read straight into the pages of ``target`` (mapped), in requests of up to
-        `BLOCK` bytes: no buffer of its own and no copy between buffers. Streaming it 8 MB at a time
-        (pyarrow sends a ranged GET per read) took 2.5x as long against moto's server, where a
-        ranged GET costs about what a whole one does; against S3 each request adds a round trip.
+        The object comes in requests of up to `BLOCK` bytes, each into one buffer that is hashed and
+        written whole. Streaming it 8 MB at a time (pyarrow sends a ranged GET per read) took 2.5x
+        as long against moto's server, where a ranged GET costs about what a whole one does; against
+        S3 each request adds a round trip. Reading straight into the file's pages through a mapping
+        saved the copy, but left the file in small pages that every later epoch maps 5x slower.
         """
         import xxhash
 
@@ -262,24 +289,23 @@ class RemoteShards:
             source = self.store.fs.open_input_file(self.store.key(relative))
         except FileNotFoundError:
             raise CorruptShardError(where, f"{entry.path} is missing") from None
-        with source, open(target, "w+b") as out:
+        with source, open(target, "wb") as out:
             size = source.size()
             if size != entry.bytes:
                 raise CorruptShardError(where, f"{entry.path} has {size} bytes, expected {entry.bytes} (truncated?)")
-            if size:
-                out.truncate(size)
-                with mmap.mmap(out.fileno(), size) as pages, memoryview(pages) as view:
-                    done = 0
-                    while done < size:
-                        with view[done : done + BLOCK] as block:  # released even on error, so the map closes
-                            n = source.readinto(block)
-                            digest.update(block[:n])
-                        if n == 0:  # the object shrank since its size was read
-                            raise CorruptShardError(where, f"{entry.path} ended after {done} of {size} bytes")
-                        done += n
+            for offset in range(0, size, BLOCK):
+                block = source.read_at(min(BLOCK, size - offset), offset)
+                if len(block) != min(BLOCK, size - offset):  # the object shrank since its size was read
+                    raise CorruptShardError(where, f"{entry.path} ended after {offset + len(block)} of {size} bytes")
+                digest.update(block)
+                out.write(block)
         if f"{DIGEST}:{digest.hexdigest()}" != entry.digest:
             raise CorruptShardError(where, f"{entry.path} does not match its checksum (altered)")
 
+
+# The copies this process found checked (or fetched), by (folder, key of the check), with their
+# files' stats then: a copy whose stats still match needs no reading of its record again.
+_seen: dict[tuple[str, str], list[list[Any]]] = {}
 
 # What this process last knew the cache to hold: (bytes, when it scanned), and the fetches since.
 _known: tuple[int, float] | None = None
