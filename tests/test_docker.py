@@ -8,12 +8,16 @@ debootstrap and `docker import`) and RLT_PREP_DOCKER_TORCH a CPU torch wheel for
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import shutil
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,16 +133,18 @@ def test_gpu_image_matches_the_dali_wheel() -> None:
     assert f"nvidia-dali-cuda{base.group(1)}0" in pyproject
 
 
-def compose(*args: str, token: str | None = "secret") -> subprocess.CompletedProcess[str]:
+def compose(
+    *args: str, token: str | None = "secret", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     if shutil.which("docker-compose") is None:
         if os.environ.get("CI"):
             pytest.fail("CI must install Debian's docker-compose (see .ci/run)")
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"} | (env or {})
     if token is not None:
-        env["RAY_AUTH_TOKEN"] = token
+        environment["RAY_AUTH_TOKEN"] = token
     return subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), *args], capture_output=True, text=True, env=env, timeout=60
+        ["docker-compose", "-f", str(COMPOSE), *args], capture_output=True, text=True, env=environment, timeout=60
     )
 
 
@@ -146,13 +152,47 @@ def test_compose_is_valid_and_runs_the_job_against_the_head() -> None:
     result = compose("config")
     assert result.returncode == 0, result.stderr
     config = result.stdout
-    assert {"ray-head:", "ray-worker:", "tokenize:"} <= set(re.findall(r"^  ([\w-]+:)$", config, re.M))
+    assert {"ray-head:", "ray-worker:", "tokenize:", "serve:"} <= set(re.findall(r"^  ([\w-]+:)$", config, re.M))
     assert "--ray-address=ray-head:6379" in config
-    assert config.count("data:/data") == 3  # one volume shared by every node
-    assert config.count("RAY_AUTH_TOKEN: secret") == 3
+    assert config.count("data:/data") == 4  # one volume shared by every node, and the service
+    assert config.count("RAY_AUTH_TOKEN: secret") == 4
     # The dashboard is published on the host's loopback only, unless RLT_DASHBOARD_BIND opts in.
     assert re.search(r"127\.0\.0\.1:8265:8265|host_ip: 127\.0\.0\.1", config), config
     assert "0.0.0.0:8265" not in config
+
+
+def test_compose_runs_the_service_watching_the_shared_volume_on_loopback() -> None:
+    import yaml
+
+    result = compose("--profile", "serve", "config", env={"RLT_SERVE_TOKEN": "tok"})
+    assert result.returncode == 0, result.stderr
+    serve = yaml.safe_load(result.stdout)["services"]["serve"]
+    assert serve["command"][:2] == ["serve", "/data/dataset"] and "--watch=/data/incoming" in serve["command"]
+    assert "--host=0.0.0.0" in serve["command"] and serve["environment"]["RLT_PREP_SERVE_TOKEN"] == "tok"
+    # Published on the host's loopback only, unless RLT_SERVE_BIND opts in to the network.
+    assert [(p["host_ip"], p["published"], p["target"]) for p in _ports(serve)] == [("127.0.0.1", 8000, 8000)]
+    assert "/healthz" in " ".join(serve["healthcheck"]["test"])
+    # Docker's grace period outlasts the drain that SIGTERM starts.
+    drain = float(next(c.split("=")[1] for c in serve["command"] if c.startswith("--drain=")))
+    assert _seconds(serve["stop_grace_period"]) > drain
+    assert serve["profiles"] == ["serve"]  # `up` alone runs the cluster recipe, not the service
+
+
+def _ports(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """docker-compose 1.x prints "127.0.0.1:8000:8000/tcp"; 2.x a mapping."""
+    ports = []
+    for port in service["ports"]:
+        if isinstance(port, str):
+            host_ip, published, target = port.split("/")[0].split(":")
+            port = {"host_ip": host_ip, "published": published, "target": target}
+        ports.append({"host_ip": port["host_ip"], "published": int(port["published"]), "target": int(port["target"])})
+    return ports
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration ("1m", "60s", "1m30s") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)([hms])", duration))
 
 
 def test_the_ray_floor_is_the_first_release_with_token_auth() -> None:
@@ -205,7 +245,7 @@ def local_torch_wheel() -> Path | None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_the_cpu_image_builds_and_runs_the_demo(tmp_path: Path) -> None:
+def test_the_cpu_image_builds_runs_the_demo_and_serves(tmp_path: Path) -> None:
     if shutil.which("docker") is None or docker("info").returncode != 0:
         pytest.skip("no Docker daemon (docker info fails)")
     build = buildkit_build()
@@ -242,3 +282,45 @@ def test_the_cpu_image_builds_and_runs_the_demo(tmp_path: Path) -> None:
     assert "read back with rlt.open_dataset: 16 clips, checksums verified" in demo.stdout
     assert "eval on the training clips" in demo.stdout
     assert re.search(r"done in [\d.]+s", demo.stdout.strip().splitlines()[-1]), demo.stdout[-2000:]
+
+    # The service as compose.yaml runs it: watching a folder of the volume, on 0.0.0.0 inside the
+    # container with a token, published on loopback; `docker stop` (SIGTERM) drains and exits 0.
+    from rlt.dataset import read_index
+    from rlt.samples import make_samples
+    from tests.test_serve import _free_port
+
+    data = tmp_path / "data"
+    make_samples(data / "incoming" / "cat", num_videos=2, num_frames=16, height=64, width=96)
+    (data / "incoming" / "cat" / "manifest.csv").unlink()
+    for path in [data, *data.rglob("*")]:
+        path.chmod(0o777)  # the image's user (uid 1000) writes the dataset there
+    port, name = _free_port(), f"rlt-prep-serve-test-{os.getpid()}"
+    options = ["--num-frames=8", "--frame-interval=2", "--size=64", "--poll=0.5", "--drain=45"]
+    started = docker(
+        "run", "-d", "--name", name, "--shm-size=2g", "-v", f"{data}:/data", "-p", f"127.0.0.1:{port}:8000",
+        "-e", "RLT_PREP_SERVE_TOKEN=tok", "rlt-prep:cpu-test",
+        "serve", "/data/dataset", "--watch=/data/incoming", "--host=0.0.0.0", "--port=8000", *options,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        deadline, status = time.monotonic() + 300, None
+        while time.monotonic() < deadline and not (status and status["watch"] and status["watch"]["videos_done"] == 2):
+            time.sleep(1)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/status", headers={"Authorization": "Bearer tok"}
+            )
+            try:
+                status = json.loads(urllib.request.urlopen(request, timeout=5).read())
+            except (OSError, ValueError):
+                status = None
+        assert status and status["watch"]["generation"] >= 1, docker("logs", name).stdout[-3000:]
+        stopped = docker("stop", "-t", "60", name, timeout=90)
+        assert stopped.returncode == 0, stopped.stderr
+        code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
+        logs = docker("logs", name)
+        assert code == "0", logs.stdout[-3000:] + logs.stderr[-3000:]
+        assert "draining" in logs.stdout + logs.stderr
+    finally:
+        docker("rm", "-f", name)
+    index = read_index(data / "dataset")
+    assert index.totals.videos == 2 and index.classes == ("cat",)

@@ -185,6 +185,9 @@ def test_status_counts_what_was_posted(client: Client, root: Path) -> None:
     with pytest.raises(ServeError, match="not a video") as failed:
         client.tokenize(b"not a video at all", **OPTIONS)
     assert failed.value.status == 422
+    # The reason names the video, never the replica's temporary copy of the upload.
+    assert "uploads-" not in failed.value.message and ".video" not in failed.value.message
+    assert "uploads-" not in client.status()["errors"][-1]["reason"]
     with pytest.raises(ServeError) as unknown:
         client.tokenize(b"x", wrong_option=1)
     assert unknown.value.status == 400
@@ -274,3 +277,10 @@ def test_the_command_serves_until_sigterm(root: Path, cache: Path, tmp_path: Pat
         code = process.wait(timeout=60)
     assert code == 0, log.read_text()
     assert not client.health()
+
+
+def test_retry_on_a_server_that_watches_nothing_is_404(client: Client) -> None:
+    with pytest.raises(ServeError) as e:
+        client.retry()
+    assert e.value.status == 404 and "--watch SOURCE" in str(e.value)
+    assert client.health() and client.status()["draining"] is False

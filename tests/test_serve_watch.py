@@ -24,12 +24,14 @@ import pytest
 from rlt.dataset import SHARDS, open_dataset, read_index
 from rlt.pipeline import ClipSampling
 from rlt.samples import make_samples
+from rlt.serve import Client
 from rlt.serve._watch import Source, Watcher
 from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
 from rlt.tokenize_offline._append import GrowingDataset
 from rlt.tokenize_offline._executor import Executor
 from rlt.tokenize_offline._output import Output
 from rlt.train import TokenLoader, TokenStream
+from tests.s3 import S3
 from tests.test_serve import _free_port
 
 SMALL = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=1, size=64, crop=64)
@@ -167,6 +169,26 @@ def test_a_manifest_source_takes_appended_rows_and_survives_a_torn_write(tmp_pat
     w.settle()
     assert "changed after it was tokenized" in w.status()["errors"][-1]["reason"]
     assert read_index(out).generation == 2
+
+
+def test_an_object_store_prefix_is_watched_into_a_dataset_at_a_url(tmp_path: Path, videos: list[Path], s3: S3) -> None:
+    bucket = s3.bucket()
+    incoming, out = f"{bucket}/incoming", f"{bucket}/dataset"
+    s3.put(f"{incoming}/cat/a.mp4", videos[0].read_bytes())
+    s3.put(f"{incoming}/.hidden/b.mp4", videos[1].read_bytes())
+    executor = Executor(CONFIG, address=None, workers=1, gpus_per_task=0, videos_per_batch=8)
+    with executor:
+        dataset = GrowingDataset(Output(out), CONFIG, executor)
+        watcher = Watcher(dataset, Source(incoming), poll_s=0.05)
+        watcher.round()
+        watcher.round()
+        s3.put(f"{incoming}/dog/c.mp4", videos[2].read_bytes())
+        watcher.round()
+        watcher.round()
+    index = read_index(out)
+    assert index.generation == 2 and index.classes == ("cat", "dog") and index.totals.videos == 2
+    assert {r.video: r.label for r in open_dataset(out, columns=["video", "label"])} == {"cat/a.mp4": 0, "dog/c.mp4": 1}
+    assert "index.json" in s3.objects(out)
 
 
 def test_the_grown_dataset_holds_what_one_tokenize_run_makes(tmp_path: Path, videos: list[Path]) -> None:
@@ -371,8 +393,7 @@ def test_the_server_watches_drains_on_sigterm_refuses_a_second_and_resumes(
         assert second.returncode == 2 and "being written by another run" in second.stdout + second.stderr
 
         # POST /v1/retry is taken (nothing failed: nothing changes).
-        request = urllib.request.Request(f"{url}/v1/retry", method="POST")
-        assert urllib.request.urlopen(request, timeout=10).status == 202
+        Client(url).retry()
 
         # New videos, then SIGTERM: the server drains and exits 0, leaving a dataset whose index
         # lists committed shards only.

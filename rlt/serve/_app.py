@@ -233,6 +233,8 @@ class Tokenizer:
             decoded = decode_clips([(jobs[k].name, jobs[k].path) for k in members], sampling=sampling, backend=backend)
             for k, item in zip(members, decoded, strict=True):
                 if isinstance(item, VideoDecodeError):
+                    # An upload's temporary file is the replica's business: the reason names the video.
+                    item = VideoDecodeError(jobs[k].name, item.reason.replace(jobs[k].path, jobs[k].name))
                     self.stats.failed(video=jobs[k].name, reason=item.reason)
                     results[k] = item
                     continue

@@ -66,8 +66,17 @@ class Client:
         return from_arrow_stream(data)
 
     def status(self) -> dict[str, Any]:
-        """Videos done, queued and failed, throughput, kept ratio and requests by HTTP status."""
+        """Videos done, queued and failed, throughput, kept ratio and requests by HTTP status; in
+        watch mode, the watch job's under ``"watch"``."""
         return json.loads(self._call("GET", "/v1/status"))
+
+    def retry(self) -> None:
+        """Watch mode: the failed videos are tried again at the next round (``POST /v1/retry``).
+
+        Raises:
+            ServeError: 404 from a server that watches nothing.
+        """
+        self._call("POST", "/v1/retry")
 
     def health(self) -> bool:
         """Whether the server answers ``/healthz`` with OK."""
