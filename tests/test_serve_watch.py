@@ -31,8 +31,10 @@ from rlt.tokenize_offline._append import GrowingDataset
 from rlt.tokenize_offline._executor import Executor
 from rlt.tokenize_offline._output import Output
 from rlt.train import TokenLoader, TokenStream
+from tests.chromium import render
 from tests.s3 import S3
 from tests.test_serve import _free_port
+from tests.test_serve_page import _text
 
 SMALL = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=1, size=64, crop=64)
 CONFIG = TokenizeConfig(shard_size=2, sampling=SMALL, backend="decord")
@@ -382,6 +384,11 @@ def test_the_server_watches_drains_on_sigterm_refuses_a_second_and_resumes(
         assert status["watch"]["videos_done"] == 2 and status["draining"] is False
         metrics = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
         assert "rlt_serve_watch_generation 1" in metrics
+        # The status page shows the watch job's numbers.
+        dom = render(f"{url}/", tmp_path / "profile", budget_ms=3000)
+        assert (_text(dom, "watch-generation"), _text(dom, "watch-videos_done")) == ("1", "2")
+        if save := os.environ.get("RLT_PREP_SAVE_WATCH_SCREENSHOT"):  # docs/serve-status-page-watch.png
+            render(f"{url}/", tmp_path / "profile", budget_ms=3000, screenshot=Path(save), window=(1200, 1100))
 
         # A second server on the same DATASET is refused, before it starts anything.
         second = subprocess.run(
