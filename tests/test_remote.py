@@ -177,6 +177,14 @@ def test_a_second_open_reuses_the_cache(local: Path, remote: str, fetches: list[
     assert times == {f: f.stat().st_mtime_ns for p in cached().values() for f in p.rglob("*") if f.is_file()}
 
 
+def test_a_warm_stream_fetches_nothing_ahead(local: Path, remote: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert batches(remote, 0) == batches(local, 0)
+    ahead: list[str] = []
+    monkeypatch.setattr(RemoteShards, "_fetch_ahead", lambda self, name, *args: ahead.append(name))
+    assert batches(remote, 0) == batches(local, 0)
+    assert ahead == []  # every copy known checked: no thread started to look
+
+
 def test_threads_fetching_one_shard_download_it_once(remote: str, fetches: list[str]) -> None:
     barrier = threading.Barrier(4)
     errors: list[BaseException] = []
