@@ -29,7 +29,7 @@ their pages and without shows that dropping works on this machine.
     python benchmarks/bench_remote_loader.py [--videos 384] [--shard-size 64] [--rounds 5]
         [--format arrow|zarr] [--max-tokens 16384] [--json PATH]
 
-Needs moto's server (the test extra: pip install -e '.[test]'). About 1.5 minutes on 2 cores.
+Needs moto's server (the test extra: pip install -e '.[test]'). About 2 minutes on 2 cores.
 """
 
 from __future__ import annotations
