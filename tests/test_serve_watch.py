@@ -438,6 +438,26 @@ def test_the_server_watches_drains_on_sigterm_refuses_a_second_and_resumes(
     assert final.generation > index.generation
 
 
+def test_stopping_lets_the_requests_in_flight_finish(tmp_path: Path, videos: list[Path]) -> None:
+    ray = pytest.importorskip("ray")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlt.serve import ServeConfig, start
+
+    long_video = make_samples(tmp_path / "long", num_videos=1, num_frames=192).parent / "sample_000_right.mp4"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    try:
+        server = start(ServeConfig(port=_free_port()))
+        client = Client(server.url, timeout=120)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(client.tokenize, long_video, clips_per_video=4)
+            _wait_for(lambda: client.status()["videos_queued"] == 1, 30, "the request never reached the replica")
+            server.stop()  # drains: the request in flight is answered, in full
+            assert answer.result(timeout=120).num_clips == 4
+    finally:
+        ray.shutdown()
+
+
 def test_a_draining_server_refuses_new_work_with_503(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     from rlt.serve import ServeConfig, start

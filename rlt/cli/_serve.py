@@ -64,7 +64,7 @@ def serve_command(
     ] = None,
     max_batch_size: Annotated[int, typer.Option(help="concurrent requests decoded together on a replica")] = 8,
     drain: Annotated[
-        float, typer.Option(help="on SIGTERM, seconds the running shards and requests get to finish")
+        float, typer.Option(help="on SIGTERM, seconds the running shards get to commit, then the requests to finish")
     ] = 30.0,
     format: DatasetFormat = "arrow",
     shard_size: ShardSize = 64,

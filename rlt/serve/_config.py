@@ -78,9 +78,9 @@ class ServeConfig:
         max_batch_size: requests decoded together on a replica (one DALI batch on a GPU).
         batch_wait_s: how long a replica waits for more requests to fill a batch.
         watch: watch mode's configuration, or None for the HTTP API alone.
-        drain_s: on SIGTERM, how long the running shards of watch mode and the requests in
-            flight may take to finish before the server stops anyway (an unfinished shard is
-            discarded: it never becomes visible).
+        drain_s: on SIGTERM, how long the running shards of watch mode may take to commit, and
+            then each replica to answer the requests it holds, before the server stops anyway
+            (an unfinished shard is discarded: it never becomes visible).
     """
 
     host: str = "127.0.0.1"

@@ -84,6 +84,11 @@ class Server:
             from ray import serve
 
             if ray.is_initialized():
+                # Deleting the app first stops its replicas gracefully, each answering the requests
+                # it holds, while the proxies still carry the answers; serve.shutdown alone takes the
+                # proxies down at once, and the clients of requests in flight lose their connection.
+                with contextlib.suppress(Exception):  # an app that never deployed
+                    serve.delete(APP_NAME)
                 serve.shutdown()
             if self._started_ray:
                 from rlt.tokenize_offline._executor import shutdown_ray
@@ -152,7 +157,12 @@ def start(config: ServeConfig) -> Server:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         replicas = config.replicas or max(gpus, 1)
         tokenizer: Any = Tokenizer  # a Serve Deployment, which the class's type does not show
-        deployment = tokenizer.options(num_replicas=replicas, ray_actor_options={"num_gpus": 1 if gpus else 0})
+        deployment = tokenizer.options(
+            num_replicas=replicas,
+            ray_actor_options={"num_gpus": 1 if gpus else 0},
+            # How long a stopping replica may take to answer the requests it holds.
+            graceful_shutdown_timeout_s=config.drain_s,
+        )
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(deployment.bind(config), name=APP_NAME, route_prefix="/", blocking=False)
         if watch is not None and dataset is not None and source is not None and executor is not None:
