@@ -1,8 +1,10 @@
 """How fast does training read a dataset from an object store, against the same dataset on local disk?
 
 Generated 320x240 H.264 sample videos, 2 clips of 16x4 at 224 each, tokenized once into a local
-dataset (``--format``, Arrow by default) and uploaded to an S3 API on loopback (moto's server, a
-process of its own, spoken to as to AWS). Then ``--rounds`` rounds, interleaved so that a slow spell
+dataset (``--format``, Arrow by default) and uploaded to an S3 API on loopback (``--server``: moto's,
+or s3rver, a Node server that streams each GET from a file; a process of its own, spoken to as to
+AWS, path-style, its data in a temporary folder). One epoch from the URL is checked to yield the
+same batches as the local dataset. Then ``--rounds`` rounds, interleaved so that a slow spell
 of the machine falls on all of them, of one epoch each of `TokenLoader` (0 workers, one torch thread):
 
   local       the local dataset (its checksums recorded, its files in the page cache)
@@ -18,7 +20,7 @@ of the machine falls on all of them, of one epoch each of `TokenLoader` (0 worke
   store       no loader: every object of the dataset fetched from the store, 2 at a time, in
               requests as large as the cache makes them, and dropped; the ceiling of a cold epoch,
               set by the store (moto serves from one Python process, and reads a whole object for
-              every GET, ranged or not)
+              every GET, ranged or not; s3rver, one Node process, reads only the range asked for)
 
 Each epoch's time (but a next epoch's) runs from creating the `TokenStream` (which reads the index and, from a URL, the
 shards' metadata) to its last batch. Figures: tokens/s of the median round (the fastest is in the
@@ -27,15 +29,19 @@ JSON) and the ratios of cold and warm over local, and of cold over local-cold an
 their pages and without shows that dropping works on this machine.
 
     python benchmarks/bench_remote_loader.py [--videos 384] [--shard-size 64] [--rounds 5]
-        [--format arrow|zarr] [--max-tokens 16384] [--json PATH]
+        [--format arrow|zarr] [--max-tokens 16384] [--server moto|s3rver] [--json PATH]
 
-Needs moto's server (the test extra: pip install -e '.[test]'). About 2 minutes on 2 cores.
+Needs moto's server (the test extra: pip install -e '.[test]'), or for ``--server s3rver`` Node and
+s3rver (``npm install --prefix /tmp/s3rver s3rver@3.7.1``, then ``S3RVER=/tmp/s3rver/node_modules/.bin/s3rver``
+or that folder on PATH). About 2 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -46,8 +52,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -64,33 +72,86 @@ BUCKET = "rlt-bench"
 MODES = ("local", "local-cold", "cold", "warm", "local-next", "warm-next", "store")
 
 
-def start_s3(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """moto's S3 server on 127.0.0.1, and this process's environment pointed at it (nothing else)."""
+SERVERS = ("moto", "s3rver")
+
+
+class ServerMissing(RuntimeError):
+    """The S3 server asked for is not installed; the message says how to install it."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """How to run one S3 server on loopback: its command (given a port and a data folder), its version
+    and the credentials it accepts."""
+
+    name: str
+    version: str
+    command: tuple[str, ...]  # {port} and {data} filled in
+    key: str = "bench"
+    secret: str = "bench"
+    client_env: tuple[tuple[str, str], ...] = ()  # for this process's clients of it
+
+
+def find_server(name: str) -> Server:
+    """The server called ``name``, or `ServerMissing` saying how to install it."""
+    if name == "moto":
+        if importlib.util.find_spec("moto") is None:
+            raise ServerMissing("moto's server is not installed: pip install -e '.[test]'")
+        command = (sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}")
+        return Server("moto", importlib.metadata.version("moto"), command)
+    if name == "s3rver":
+        found = os.environ.get("S3RVER") or shutil.which("s3rver")
+        if not found or not shutil.which("node"):
+            raise ServerMissing(
+                "s3rver is not installed: with Node on PATH, npm install --prefix /tmp/s3rver s3rver@3.7.1, "
+                "then S3RVER=/tmp/s3rver/node_modules/.bin/s3rver (or that folder on PATH)"
+            )
+        version = subprocess.run([found, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+        # --silent: no line logged per request; --no-vhost-buckets: path-style only, as the loader speaks
+        command = (found, "-d", "{data}", "-a", "127.0.0.1", "-p", "{port}", "--silent", "--no-vhost-buckets")
+        # s3rver stores an aws-chunked body (what pyarrow's SDK sends by default, with a trailing
+        # checksum) as it comes, framing and all: asked to add checksums only where required, it sends
+        # plain bodies. S3RVER/S3RVER: the keys s3rver accepts.
+        env = (("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),)
+        return Server("s3rver", version, command, key="S3RVER", secret="S3RVER", client_env=env)
+    raise ValueError(f"unknown server {name!r}: one of {', '.join(SERVERS)}")
+
+
+def start_s3(server: Server, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``server`` on 127.0.0.1, its data in ``folder``, and this process's environment pointed at it
+    (nothing else)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(folder / "moto.log", "wb")  # noqa: SIM115 (the server writes it while it runs)
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stderr=log)
+    data = folder / f"{server.name}-data"
+    data.mkdir()
+    log_path = folder / f"{server.name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (the server writes it while it runs)
+    command = [part.format(port=port, data=data) for part in server.command]
+    process = subprocess.Popen(command, stdout=log, stderr=log)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             urllib.request.urlopen(endpoint, timeout=1).close()
             break
+        except urllib.error.HTTPError:
+            break  # it answered (s3rver refuses an unsigned request)
         except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto's server did not start on {endpoint}: see {folder / 'moto.log'}") from None
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{server.name} did not start on {endpoint}: see {log_path}") from None
             time.sleep(0.2)
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_ACCESS_KEY_ID=server.key,
+        AWS_SECRET_ACCESS_KEY=server.secret,
         AWS_DEFAULT_REGION="us-east-1",
         AWS_EC2_METADATA_DISABLED="true",
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
     )
-    return server, endpoint
+    os.environ.update(server.client_env)
+    return process, endpoint
 
 
 def upload(local: Path, url: str) -> None:
@@ -138,6 +199,19 @@ def epoch(root: str | Path, max_tokens: int, *, again: bool = False) -> tuple[fl
     return time.perf_counter() - start, clips, tokens
 
 
+def digests(root: str | Path, max_tokens: int) -> list[str]:
+    """A digest of every batch of one epoch (every tensor's bytes, the videos and clip ids)."""
+    loader = TokenLoader(TokenStream(root, max_tokens=max_tokens, seed=0), num_workers=0, pin_memory=False)
+    out = []
+    for batch in loader:
+        h = hashlib.sha256()
+        for name in ("tokens", "positions", "lengths", "cu_seqlens", "keep", "labels", "padded", "frame_indices"):
+            h.update(getattr(batch, name).numpy().tobytes())
+        h.update(repr((batch.videos, batch.clip_ids)).encode())
+        out.append(h.hexdigest())
+    return out
+
+
 def read_files(folder: Path) -> float:
     """Seconds to read every file below ``folder`` once, keeping nothing."""
     start = time.perf_counter()
@@ -182,8 +256,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--format", default="arrow")
     parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--server", default="moto", choices=SERVERS, help="the S3 API on loopback")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    try:
+        s3 = find_server(args.server)
+    except ServerMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -193,11 +273,14 @@ def main() -> None:
         sampling = ClipSampling(clips_per_video=2)
         config = TokenizeConfig(storage=args.format, shard_size=args.shard_size, sampling=sampling, backend="decord")  # type: ignore[arg-type]
         summary = tokenize_dataset(manifest, local, config, workers=1)
-        server, endpoint = start_s3(folder)
+        server, endpoint = start_s3(s3, folder)
         try:
             url = f"s3://{BUCKET}/dataset"
             upload(local, url)
             torch.set_num_threads(1)
+            same_batches = digests(url, args.max_tokens) == digests(local, args.max_tokens)
+            if not same_batches:
+                raise RuntimeError(f"the loader's batches from {url} differ from the local dataset's")
             epoch(local, args.max_tokens)  # records the local checksums, pages the files in
             disk = folder / "dataset-on-disk"
             shutil.copytree(local, disk)
@@ -223,7 +306,9 @@ def main() -> None:
     best = {mode: tokens / min(t) for mode, t in times.items()}
     figures = {
         "machine": machine(),
-        "s3": f"moto {importlib.metadata.version('moto')} server on {endpoint} (a process of its own)",
+        "s3": f"{s3.name} {s3.version} server on {endpoint} (a process of its own)",
+        "server": {"name": s3.name, "version": s3.version},
+        "same_batches": same_batches,
         "dataset": {
             "videos": args.videos,
             "clips": summary.clips,
@@ -245,6 +330,7 @@ def main() -> None:
         "ratio_cold_to_store": rate["cold"] / rate["store"],
     }
     print(f"machine: {figures['machine']}")
+    print(f"S3: {figures['s3']}; one epoch from it gives the same batches as locally: {same_batches}")
     print(
         f"{args.videos} videos, {summary.clips} clips, {tokens} tokens in {summary.shards} {args.format} shards "
         f"({summary.bytes / 1e6:.0f} MB); "
