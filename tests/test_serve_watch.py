@@ -273,8 +273,7 @@ def test_stop_commits_or_discards_running_shards_and_a_restart_finishes_them(
         shutil.copy(video, source / video.name)
     w = Watching(source, out)
     w.watcher.round()  # the first scan sees them; the next round plans and runs them
-    w.dataset.executor.stop()  # nothing started yet: stop before the round, as SIGTERM would
-    w.watcher._stop.set()
+    w.watcher.stop()  # before the round that would run them, as SIGTERM may come
     w.watcher.round()
     assert not (out / "index.json").exists() and not list((out / SHARDS).glob("shard-*"))
 

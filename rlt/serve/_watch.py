@@ -188,10 +188,6 @@ class Watcher:
         """Plans the failed videos again at the next round."""
         self._retry.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     # --- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:

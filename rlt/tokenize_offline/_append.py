@@ -92,7 +92,8 @@ class GrowingDataset:
         return self._metas[name]
 
     def committed(self, name: str) -> bool:
-        return name in self._metas or self.output.committed(name)
+        """Known without asking the disk or the store: this process is the dataset's one writer."""
+        return name in self._committed_names
 
     def failed(self) -> dict[str, str]:
         """The videos whose last attempt failed, with the reason (committed shards only)."""
