@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rlt import open_dataset
-from rlt.dataset import CorruptShardError
+from rlt.dataset import CorruptShardError, read_index
 from rlt.pipeline import ClipSampling, RLTConfig, tokenize_video
 from rlt.samples import make_samples
 from rlt.tokenize_offline import ConfigMismatchError, TokenizeConfig, tokenize_dataset
@@ -121,6 +121,12 @@ def test_rerun_is_a_no_op_and_extra_rows_are_incremental(
     assert sorted({r.video for r in open_dataset(out, columns=["video"])}) == sorted(
         line.split(",")[0] for line in lines[1:]
     )
+    # Each run that wrote the index published the next generation; the no-op run none.
+    assert read_index(out).generation == 2
+    # A damaged index.json is written again by the next run, as the next generation.
+    (out / "index.json").write_text("{not json")
+    tokenize_dataset(full, out, CONFIG)
+    assert read_index(out).generation == 3 and checksums(out) == after
 
 
 def test_other_configuration_refuses_unless_overwrite(tmp_path: Path, samples: Path) -> None:

@@ -22,6 +22,7 @@ from rlt.tokenize_offline._job import (
     _diff,
     _identity,
     _remove_leftovers,
+    record_generation,
     shard_size,
     write_index,
 )
@@ -66,6 +67,8 @@ class GrowingDataset:
         self._metas: dict[str, ShardMeta] = {}
         self._committed_names = set(output.committed_names())  # grows as shards commit
         self.published = output.read_index() if output.has_index() else None
+        if plan is not None:
+            record_generation(output, plan, self.published)
 
     # --- what the dataset holds ------------------------------------------------------------------
 

@@ -161,13 +161,15 @@ def _run_job(
     with executor:
         retry = _failed_videos(output) if retry_failed else None
         plan = _extend_plan(output, rows, config, executor.workers, retry)
+        published = _published(output)
+        record_generation(output, plan, published)
         # An entry is [video, resolved path, label, size, mtime_ns]; the last two identify the file.
         specs = [ShardSpec(s["name"], tuple(tuple(v[:3]) for v in s["videos"])) for s in plan["shards"]]
         if retry:
             output.forget([s.name for s in specs if any(video in retry for video, _, _ in s.videos)])
         pending = [s for s in specs if not output.committed(s.name)]
         total_videos = sum(len(s.videos) for s in specs)
-        if pending or not output.has_index():
+        if pending or published is None:
             # Until the index is rewritten, the folder must not look like a finished dataset.
             output.remove_index()
             counts = Progress(0, total_videos, 0, 0, 0, 0)
@@ -364,7 +366,8 @@ def write_index(output: Output, plan: dict[str, Any], names: list[str]) -> Datas
 
     ``errors.jsonl`` lists each video whose last attempt failed: a video planned again later (a
     retry in `rlt-prep serve --watch`) is listed by its last shard only. The generation is counted
-    in ``plan.json``, written before the index, so it rises even across a run that removed the index.
+    in ``plan.json``, written after the index: a publication that failed does not count, and a run
+    killed between the two finds the index's generation (`record_generation`).
     """
     metas = [output.meta(name) for name in names]
     last = {entry[0]: shard["name"] for shard in plan["shards"] for entry in shard["videos"]}
@@ -374,18 +377,37 @@ def write_index(output: Output, plan: dict[str, Any], names: list[str]) -> Datas
         for e in m.errors
         if last.get(e.video, m.name) == m.name
     ]
-    plan["generation"] = int(plan.get("generation", 0)) + 1
-    output.write_plan(plan)
     index = DatasetIndex.of(
         metas,
         storage=plan["config"]["storage"],
         config=plan["config"],
         classes=plan["classes"],
         versions=_versions(),
-        generation=plan["generation"],
+        generation=int(plan.get("generation", 0)) + 1,
     )
     output.finish(errors, index)
+    plan["generation"] = index.generation
+    output.write_plan(plan)
     return index
+
+
+def _published(output: Output) -> DatasetIndex | None:
+    """The dataset's index; None where there is none, or it does not read (the run writes it again)."""
+    if not output.has_index():
+        return None
+    try:
+        return output.read_index()
+    except ValueError as e:  # FormatError: damaged, or edited
+        log.warning("%s; it is written again", e)
+        return None
+
+
+def record_generation(output: Output, plan: dict[str, Any], index: DatasetIndex | None) -> None:
+    """Records in ``plan`` the generation of the published ``index``, if a run was killed after
+    writing it and before recording it, so that the next generation is one past it."""
+    if index is not None and index.generation > int(plan.get("generation", 0)):
+        plan["generation"] = index.generation
+        output.write_plan(plan)
 
 
 def _versions() -> dict[str, str]:
