@@ -188,8 +188,16 @@ def train(
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
-    with lock_output(out) if rank0 else nullcontext():
-        return _train(data, out, config, online, sampling, rlt, frame_augment, resume, init, device, show_progress)
+    joined = dist.is_available() and dist.is_initialized()  # a caller's process group stays the caller's
+    try:
+        with lock_output(out) if rank0 else nullcontext():
+            return _train(data, out, config, online, sampling, rlt, frame_augment, resume, init, device, show_progress)
+    finally:
+        # The group this run started is ended before the interpreter exits: left to the exit, gloo's
+        # threads were sometimes destroyed while joinable, and a rank aborted ("terminate called
+        # without an active exception", SIGABRT) after a run that had finished.
+        if not joined and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _train(
