@@ -41,6 +41,7 @@ class Server:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None  # what stopped the watcher, if anything did
         self.stopped = threading.Event()  # set when the watcher ends on its own (an error)
+        self._closed = False  # `stop` ran
 
     @property
     def url(self) -> str:
@@ -62,7 +63,10 @@ class Server:
 
     def stop(self) -> None:
         """Drains: replicas refuse new work (503), the watcher takes no new shard and publishes
-        those that commit within ``drain_s``, then Serve waits for the requests in flight."""
+        those that commit within ``drain_s``, then Serve waits for the requests in flight. Once."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self.control is not None:
                 with contextlib.suppress(Exception):  # a replica that cannot ask answers as before
