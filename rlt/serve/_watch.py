@@ -29,6 +29,7 @@ from rlt.dataset import ShardMeta
 from rlt.dataset._remote import Store, is_url, local_path
 from rlt.pipeline import ManifestError, read_manifest
 from rlt.tokenize_offline._append import GrowingDataset, Video
+from rlt.tokenize_offline._job import _identity
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,11 @@ class Source:
         for row in manifest.rows:
             label: int | str = manifest.classes[row.label] if manifest.classes else row.label
             if isinstance(row.path, str):  # a URL
-                yield Video(row.video, row.path, label, _object_identity(row.path))
+                yield Video(row.video, row.path, label, _found(row.path))
             else:
                 # os.path.realpath, as the job does: a symlink loop is a video that fails to open.
                 path = os.path.realpath(row.path)
-                yield Video(row.video, path, label, _file_identity(path))
+                yield Video(row.video, path, label, _found(path))
 
     def _folder(self) -> Iterator[Video]:
         root = local_path(self.location)
@@ -92,7 +93,7 @@ class Source:
                 path = Path(folder) / name
                 relative = path.relative_to(root).as_posix()
                 real = os.path.realpath(path)
-                yield Video(relative, real, _label(relative), _file_identity(real))
+                yield Video(relative, real, _label(relative), _found(real))
 
     def _prefix(self) -> Iterator[Video]:
         base = self.location.rstrip("/")
@@ -116,21 +117,10 @@ def _label(relative: str) -> int | str:
     return parts[0] if len(parts) > 1 else 0
 
 
-def _file_identity(path: str) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return (stat.st_size, stat.st_mtime_ns)
-
-
-def _object_identity(url: str) -> tuple[int, int] | None:
-    parent, _, name = url.rpartition("/")
-    try:
-        size = Store(parent).size(name)
-    except OSError:
-        return None
-    return None if size is None else (size, 0)
+def _found(path: str) -> tuple[int, int] | None:
+    """How a video looks now, as the job records it in the plan (None: not there)."""
+    identity = _identity(path)
+    return (identity[0], identity[1]) if identity else None
 
 
 class Watcher:
@@ -204,13 +194,12 @@ class Watcher:
         """One scan, the shards of what it found, and their publication; returns shards written."""
         if self._stop.is_set():
             return 0
-        self._set_state("scanning")
         if self.retry_requested is not None and self.retry_requested():
             self._retry.set()
         if self._retry.is_set():
             self._retry.clear()
-            failed = self.dataset.failed()
-            if self.dataset.retry(failed):
+            failed = self.dataset.retry()
+            if failed:
                 log.warning("trying %d failed videos again", len(failed))
                 # They may fail again: then they are reported again.
                 self._reported = {r for r in self._reported if r[0] not in failed}

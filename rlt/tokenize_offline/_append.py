@@ -22,6 +22,7 @@ from rlt.tokenize_offline._job import (
     _diff,
     _identity,
     _remove_leftovers,
+    last_shards,
     record_generation,
     shard_size,
     write_index,
@@ -78,7 +79,7 @@ class GrowingDataset:
 
     def owners(self) -> dict[str, str]:
         """Each planned video's last shard: the one whose attempt counts."""
-        return {entry[0]: shard["name"] for shard in self.shards() for entry in shard["videos"]}
+        return last_shards(self.plan) if self.plan else {}
 
     def shards(self) -> list[dict[str, Any]]:
         """The plan's shards, ``{"name", "videos"}``, in order."""
@@ -146,17 +147,13 @@ class GrowingDataset:
         self._plan_shards(entries, classes)
         return refused
 
-    def retry(self, videos: Iterable[str]) -> int:
-        """Plans the failed ``videos`` again, into new shards (their old shards are kept); returns how many."""
+    def retry(self) -> set[str]:
+        """Plans the failed videos again, into new shards (their old shards are kept); returns them."""
         failed = self.failed()
         planned = self.entries()
-        entries = []
-        for video in videos:
-            if video in failed:
-                entry = list(planned[video][:3])
-                entries.append([*entry, *_identity(entry[1])])
+        entries = [[*planned[video][:3], *_identity(planned[video][1])] for video in failed]
         self._plan_shards(entries, self.plan["classes"] if self.plan else None)
-        return len(entries)
+        return set(failed)
 
     def _classes(self, new: list[Video]) -> list[str] | None:
         """The dataset's class names, extended by the new ones (numbered after the old, sorted

@@ -278,7 +278,7 @@ def _identity(path: str) -> list[int]:
             size = Store(parent).size(name)
             return [] if size is None else [size, 0]
         stat = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path os.stat refuses (a NUL in it)
         return []  # a missing video fails when decoded, and is recorded then
     return [stat.st_size, stat.st_mtime_ns]
 
@@ -370,7 +370,7 @@ def write_index(output: Output, plan: dict[str, Any], names: list[str]) -> Datas
     killed between the two finds the index's generation (`record_generation`).
     """
     metas = [output.meta(name) for name in names]
-    last = {entry[0]: shard["name"] for shard in plan["shards"] for entry in shard["videos"]}
+    last = last_shards(plan)
     errors = [
         {"video": e.video, "reason": e.reason, "shard": m.name}
         for m in metas
@@ -389,6 +389,12 @@ def write_index(output: Output, plan: dict[str, Any], names: list[str]) -> Datas
     plan["generation"] = index.generation
     output.write_plan(plan)
     return index
+
+
+def last_shards(plan: dict[str, Any]) -> dict[str, str]:
+    """Each planned video's last shard in ``plan``: the one whose attempt counts (a video is planned
+    again, into a new shard, when `rlt-prep serve --watch` retries it)."""
+    return {entry[0]: shard["name"] for shard in plan["shards"] for entry in shard["videos"]}
 
 
 def _published(output: Output) -> DatasetIndex | None:
