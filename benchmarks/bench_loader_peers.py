@@ -26,7 +26,8 @@ to round, each loader with 0 and then 2 DataLoader workers:
   epoch 1  cold: fresh dataset objects; the files dropped from the page cache (posix_fadvise,
            unless ``--page-cache keep``); ours' records of checked shards (in this process and in
            its cache folder) forgotten, so that it computes its shards' checksums as on the first
-           read of a dataset (``--checks recorded`` keeps the folder's: a later job's epoch 1)
+           read of a dataset (``--checks recorded`` keeps the folder's: a later job's epoch 1);
+           a Zarr dataset's tokens that ours unpacked into its cache removed, as MDS's copies are
   epoch 2  warm: the same objects again, files in the page cache
 
 Workers are started afresh for every epoch (``persistent_workers=False``, as `TokenLoader` does).
@@ -326,6 +327,9 @@ class Ours(Loader):
             warnings.warn("rlt.dataset._reader._verified is gone: epoch 1 of ours may skip checksums", stacklevel=1)
         if self.forget_checks:
             shutil.rmtree(Path(os.environ["RLT_PREP_CACHE"]) / "verified", ignore_errors=True)
+        # A Zarr dataset's tokens unpacked in the cache on first use: made again in epoch 1, as
+        # MDS's decompressed copies are.
+        shutil.rmtree(Path(os.environ["RLT_PREP_CACHE"]) / "remote", ignore_errors=True)
 
     def open(self, workers: int) -> Callable[[int], Iterable[Any]]:
         stream = TokenStream(self.folder, max_tokens=self.max_tokens, shuffle=True, seed=0)

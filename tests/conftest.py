@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 # PyAV before decord, as rlt does: decord's bundled FFmpeg would shadow PyAV's codecs.
 import av  # noqa: F401
@@ -27,6 +28,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if FAIL_WITHOUT_CUDA:
             pytest.fail("FAIL_WITHOUT_CUDA=1 but torch sees no CUDA device")
         pytest.skip("needs a CUDA GPU")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """rlt-prep's cache (records of checked shards, fetched and unpacked shards) below the tests'
+    folders, never in the user's: tests that look into it set a folder of their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RLT_PREP_CACHE", str(tmp_path_factory.mktemp("rlt-prep-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -410,7 +410,7 @@ LAZY_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", [*DAMAGE, *LAZY_DAMAGE])
-def test_a_shard_that_breaks_the_format_is_corrupt_and_named(tmp_path: Path, damage: str) -> None:
+def test_a_shard_that_breaks_the_format_is_corrupt_and_named(tmp_path: Path, cache: Path, damage: str) -> None:
     storage, change, after, says = {**DAMAGE, **LAZY_DAMAGE}[damage]
     root = build(tmp_path / "d", storage, [2, 3])
     folder = rewrite(root, "shard-00001", change or (lambda columns: None))
@@ -423,6 +423,14 @@ def test_a_shard_that_breaks_the_format_is_corrupt_and_named(tmp_path: Path, dam
     with pytest.raises(CorruptShardError, match="shard-00001") as raised:
         dataset[2]
     assert raised.value.shard == str(folder) and re.search(says, raised.value.reason), raised.value.reason
+    # The training loader's reader, which unpacks a Zarr shard into the cache: no copy of it made.
+    unpacking = TokenDataset(root, unpack=True)
+    assert unpacking[0].tokens is not None
+    with pytest.raises(CorruptShardError, match="shard-00001") as raised:
+        unpacking[2]
+    assert raised.value.shard == str(folder) and re.search(says, raised.value.reason), raised.value.reason
+    made = [p.name for p in cache.glob("remote/*/unpacked/*")]
+    assert made == (["shard-00000"] if storage == "zarr" else [])
 
 
 @pytest.mark.parametrize("storage", STORAGES)

@@ -29,6 +29,22 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "out"
 
 
+@pytest.fixture(scope="module")
+def zarr_dataset(dataset: Path) -> Path:
+    """The clips of `dataset`, from the same video files, stored as Zarr."""
+    manifest = dataset.parent / "videos" / "manifest.csv"
+    sampling = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
+    config = TokenizeConfig(storage="zarr", shard_size=2, sampling=sampling, backend="decord")
+    tokenize_dataset(manifest, dataset.parent / "zarr", config, workers=1)
+    return dataset.parent / "zarr"
+
+
+def contents(batches: list) -> list[tuple]:
+    """Every batch's clips and values, to compare two loaders' epochs."""
+    fields = ("tokens", "positions", "lengths", "labels", "cu_seqlens")
+    return [(b.videos, b.clip_ids, *(getattr(b, f).numpy().tobytes() for f in fields)) for b in batches]
+
+
 def keys(batches: list) -> list[list[tuple[str, int]]]:
     return [list(zip(b.videos, b.clip_ids, strict=True)) for b in batches]
 
@@ -174,3 +190,39 @@ def test_one_clip_per_video_takes_each_video_once_per_epoch_and_resumes(dataset:
     assert first + keys(list(resumed)) == keys(list(TokenLoader(stream())))
     with pytest.raises(ValueError, match="one_clip_per_video"):
         TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=3, shuffle_buffer=4)).load_state_dict(state)
+
+
+def unpacked(cache: Path) -> list[Path]:
+    return sorted(cache.glob("remote/*/unpacked/shard-*/tokens.arrow"))
+
+
+def test_zarr_tokens_are_unpacked_once_per_machine_and_read_like_arrow(
+    dataset: Path, zarr_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RLT_PREP_CACHE", str(tmp_path / "cache"))
+    expected = contents(list(TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=5))))
+    assert unpacked(tmp_path / "cache") == []  # Arrow needs no unpacking
+    assert contents(list(TokenLoader(TokenStream(zarr_dataset, max_tokens=MAX_TOKENS, seed=5)))) == expected
+    copies = unpacked(tmp_path / "cache")
+    assert [p.parent.name for p in copies] == [f"shard-{k:05d}" for k in range(4)]
+    made = {p: p.stat().st_ino for p in copies}
+    # Two workers, then a second epoch: the copies are shared, none made again.
+    loader = TokenLoader(TokenStream(zarr_dataset, max_tokens=MAX_TOKENS, seed=5), num_workers=2)
+    assert contents(list(loader)) == expected
+    assert {p: p.stat().st_ino for p in unpacked(tmp_path / "cache")} == made
+    # A copy that changed since it was made is made again.
+    size = copies[1].stat().st_size
+    copies[1].write_bytes(copies[1].read_bytes()[: size // 2])
+    assert contents(list(TokenLoader(TokenStream(zarr_dataset, max_tokens=MAX_TOKENS, seed=5)))) == expected
+    assert copies[1].stat().st_size == size
+
+
+def test_unpacked_zarr_tokens_are_evicted_past_the_cache_limit(
+    dataset: Path, zarr_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RLT_PREP_CACHE", str(tmp_path / "cache"))
+    # A buffer of one clip holds 3 shards open at most; with no room, the first is evicted once released.
+    stream = TokenStream(zarr_dataset, max_tokens=MAX_TOKENS, shuffle=False, shuffle_buffer=1, cache_limit=0)
+    expected = TokenStream(dataset, max_tokens=MAX_TOKENS, shuffle=False, shuffle_buffer=1)
+    assert contents(list(TokenLoader(stream))) == contents(list(TokenLoader(expected)))
+    assert [p.parent.name for p in unpacked(tmp_path / "cache")] == ["shard-00001", "shard-00002", "shard-00003"]

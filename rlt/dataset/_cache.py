@@ -7,22 +7,26 @@ mirror(URL)/
   shards/NAME/           a whole shard, files and meta.json, exactly as in a local dataset
   meta/NAME/             its files but the pixels (Arrow tokens.arrow, Zarr tokens/), for readers
                          of metadata: the loader's plan, `rlt-prep stats`
+  unpacked/NAME/         a Zarr shard in Arrow storage (clips.arrow, tokens.arrow), made by the
+                         training loader from the checked shard (`TokenDataset(unpack=True)`); a
+                         local Zarr dataset has a mirror folder for these alone (its file:// URL)
   locks/KIND-NAME        flock'ed shared while a process reads the copy, exclusively to evict it
   locks/KIND-NAME.fetch  flock'ed exclusively while a process fetches it: one download however many
                          DataLoader workers and ranks ask at once
 ```
 
-A fetch downloads into a temporary folder beside the copy, checks every file's size and digest
-against the shard's ``meta.json`` (itself checked against the index's checksum), then renames the
-folder in, and records the check the way `verify_shard` does, so no process hashes it again. A copy
-whose files changed since (or that a crash cut short) has no matching record and is fetched again.
+Every copy is made by `cached_copy`. A fetch downloads into a temporary folder beside the copy,
+checks every file's size and digest against the shard's ``meta.json`` (itself checked against the
+index's checksum), then renames the folder in, and records the check the way `verify_shard` does,
+so no process hashes it again. A copy whose files changed since (or that a crash cut short) has no
+matching record and is made again.
 
-The copies of every dataset's mirror together hold at most ``cache_limit`` bytes (the files that
-`fetch_file` fetched and a writer's staging folder are not counted, nor evicted). After a fetch the
-least recently used copies (a copy's folder time is set on each use) are evicted, save those that a
-process holds: a reader holds its shards' locks while it has them open. (Evicting while another
-process has an Arrow file memory-mapped would be safe on Linux, the mapping keeps the file; but a
-Zarr reader opens its chunk files as it reads.)
+The copies (fetched and unpacked) of every dataset's mirror together hold at most ``cache_limit``
+bytes (the files that `fetch_file` fetched and a writer's staging folder are not counted, nor
+evicted). After a copy is made the least recently used copies (a copy's folder time is set on each
+use) are evicted, save those that a process holds: a reader holds its shards' locks while it has
+them open. (Evicting while another process has an Arrow file memory-mapped would be safe on Linux,
+the mapping keeps the file; but a Zarr reader opens its chunk files as it reads.)
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
@@ -61,8 +65,9 @@ STALE_SECONDS = 3600
 # default shards (~76 MB) come in one GET; 64 MiB, two GETs each, made a cold epoch 2x slower. A
 # download in flight holds one such buffer (two threads per process fetch).
 BLOCK = 128 << 20
-Kind = Literal["shards", "meta"]
-KINDS: tuple[Kind, ...] = ("shards", "meta")
+Kind = Literal["shards", "meta", "unpacked"]
+KINDS: tuple[Kind, ...] = ("shards", "meta")  # the copies fetched from a store
+CACHED: tuple[Kind, ...] = (*KINDS, "unpacked")  # what eviction weighs
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 
@@ -164,28 +169,14 @@ class RemoteShards:
         that keeps it from eviction."""
         if not pixels:  # a whole copy serves a reader of metadata as well
             folder = self.local / "shards" / name
-            lock = _lock(self._lock_path("shards", name), exclusive=False)
-            if self._usable(folder, "shards", expected):
+            lock = _lock(_lock_path(self.local, "shards", name), exclusive=False)
+            if _usable(folder, "shards", expected):
                 os.utime(folder)
                 return folder, lock
             lock.close()
         kind: Kind = "shards" if pixels else "meta"
-        folder = self.local / kind / name
-        lock = _lock(self._lock_path(kind, name), exclusive=False)
-        try:
-            fetched = False
-            if not self._usable(folder, kind, expected):
-                with _locked(self._lock_path(kind, name, ".fetch")):
-                    if not self._usable(folder, kind, expected):  # another process may have fetched it
-                        self._fetch(kind, name, expected, folder)
-                        fetched = True
-            os.utime(folder)  # its last use, for eviction
-            if fetched:
-                _make_room(self.limit, folder)
-        except BaseException:
-            lock.close()
-            raise
-        return folder, lock
+        fetch = lambda tmp: self._fetch(kind, name, expected, tmp)  # noqa: E731
+        return cached_copy(self.local, kind, name, expected, self.limit, fetch)
 
     def _ready(self, name: str, expected: str, *, pixels: bool) -> bool:
         """Whether this process saw a checked copy that serves the reader, unchanged since: nothing
@@ -198,59 +189,30 @@ class RemoteShards:
                 return True
         return False
 
-    def _usable(self, folder: Path, kind: Kind, expected: str) -> bool:
-        """Whether ``folder`` holds a copy checked against ``expected`` whose files have not changed
-        since: the record of the check is read once per process, then its file stats are compared
-        with those this process saw."""
-        if not folder.is_dir():
-            return False
-        key = (str(folder), _key(kind, expected))
-        stats = _file_stats(folder)
-        if _seen.get(key) == stats:
-            return True
-        if not checked_before(folder, key[1], stats):
-            return False
-        _seen[key] = stats
-        return True
-
-    def _lock_path(self, kind: Kind, name: str, suffix: str = "") -> Path:
-        return self.local / "locks" / f"{kind}-{name}{suffix}"
-
-    def _fetch(self, kind: Kind, name: str, expected: str, folder: Path) -> None:
-        """Downloads the shard's files (only the metadata ones for ``"meta"``) into ``folder``, checked."""
+    def _fetch(self, kind: Kind, name: str, expected: str, tmp: Path) -> None:
+        """Downloads the shard's files (only the metadata ones for ``"meta"``) into ``tmp``, checked."""
         where = self.where(name)
         # A whole copy needs the metadata files again: those of a checked metadata copy are linked.
         partial = self._metadata_copy(name, expected) if kind == "shards" else None
         meta, raw = (partial[1], partial[2]) if partial else self._meta(name, expected)
         files = [f for f in meta.files if kind == "shards" or not _is_pixels(f.path)]
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(f".{name}.tmp-{uuid.uuid4().hex[:12]}")
-        try:
-            for entry in files:
-                target = tmp / _safe_path(entry.path, where)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if partial and not _is_pixels(entry.path):
-                    try:
-                        os.link(partial[0] / entry.path, target)
-                        continue
-                    except OSError:  # evicted meanwhile, or a filesystem without hard links
-                        pass
-                self._download(f"{SHARDS}/{name}/{entry.path}", target, entry, where)
-            (tmp / META).write_bytes(raw)
-            if folder.exists():  # a copy of another version of the shard, or one that changed since
-                _discard(folder)
-            os.rename(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        stats = _file_stats(folder)
-        remember_check(folder, _key(kind, expected), stats)
-        _seen[(str(folder), _key(kind, expected))] = stats
+        for entry in files:
+            target = tmp / _safe_path(entry.path, where)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if partial and not _is_pixels(entry.path):
+                try:
+                    os.link(partial[0] / entry.path, target)
+                    continue
+                except OSError:  # evicted meanwhile, or a filesystem without hard links
+                    pass
+            self._download(f"{SHARDS}/{name}/{entry.path}", target, entry, where)
+        (tmp / META).write_bytes(raw)
         log.debug("fetched %s (%s, %d files)", where, kind, len(files))
 
     def _metadata_copy(self, name: str, expected: str) -> tuple[Path, ShardMeta, bytes] | None:
         """The checked metadata copy of the shard, its ``meta.json`` read, if the cache has one."""
         folder = self.local / "meta" / name
-        if not self._usable(folder, "meta", expected):
+        if not _usable(folder, "meta", expected):
             return None
         try:
             raw = (folder / META).read_bytes()
@@ -322,6 +284,70 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def cached_copy(
+    local: Path, kind: Kind, name: str, expected: str, limit: int, fill: Callable[[Path], None]
+) -> tuple[Path, IO[bytes]]:
+    """The copy ``local/kind/name`` made from the shard with checksum ``expected``, made if need be,
+    and the shared lock that keeps it from eviction until closed.
+
+    ``fill`` writes the copy's files into a new folder. One process makes a copy at a time (the
+    others wait, then use it); the folder is renamed in whole and its check recorded, so no process
+    makes it again while its files are unchanged. The cache then evicts down to ``limit`` bytes.
+    """
+    folder = local / kind / name
+    lock = _lock(_lock_path(local, kind, name), exclusive=False)
+    try:
+        made = False
+        if not _usable(folder, kind, expected):
+            with _locked(_lock_path(local, kind, name, ".fetch")):
+                if not _usable(folder, kind, expected):  # another process may have made it
+                    _make(folder, _key(kind, expected), fill)
+                    made = True
+        os.utime(folder)  # its last use, for eviction
+        if made:
+            _make_room(limit, folder)
+    except BaseException:
+        lock.close()
+        raise
+    return folder, lock
+
+
+def _make(folder: Path, key: str, fill: Callable[[Path], None]) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        tmp.mkdir()
+        fill(tmp)
+        if folder.exists():  # a copy of another version of the shard, or one that changed since
+            _discard(folder)
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    stats = _file_stats(folder)
+    remember_check(folder, key, stats)
+    _seen[(str(folder), key)] = stats
+
+
+def _usable(folder: Path, kind: Kind, expected: str) -> bool:
+    """Whether ``folder`` holds a copy made from ``expected`` whose files have not changed since:
+    the record of its check is read once per process, then its file stats are compared with those
+    this process saw."""
+    if not folder.is_dir():
+        return False
+    key = (str(folder), _key(kind, expected))
+    stats = _file_stats(folder)
+    if _seen.get(key) == stats:
+        return True
+    if not checked_before(folder, key[1], stats):
+        return False
+    _seen[key] = stats
+    return True
+
+
+def _lock_path(local: Path, kind: Kind, name: str, suffix: str = "") -> Path:
+    return local / "locks" / f"{kind}-{name}{suffix}"
+
+
 def _make_room(limit: int, fetched: Path) -> None:
     """After a fetch: evicts what the cache holds over ``limit``, scanning the cache only when this
     process's count says it may be over, or its last scan is old (others fetch as well)."""
@@ -343,7 +369,7 @@ def evict(limit: int, *, keep: Path | None = None) -> int:
     total = 0
     now = time.time()
     for dataset in _scandir(cache_root() / "remote"):
-        for kind in KINDS:
+        for kind in CACHED:
             kind_folder = Path(dataset.path) / kind
             for entry in _scandir(kind_folder):
                 folder = Path(entry.path)
@@ -359,7 +385,7 @@ def evict(limit: int, *, keep: Path | None = None) -> int:
                     continue
                 size = _copy_size(entry)
                 total += size
-                copies.append((used, size, folder, Path(dataset.path) / "locks" / f"{kind}-{entry.name}"))
+                copies.append((used, size, folder, _lock_path(Path(dataset.path), kind, entry.name)))
     for _, size, folder, lock_path in sorted(copies):
         if total <= limit:
             break
@@ -382,7 +408,7 @@ def evict(limit: int, *, keep: Path | None = None) -> int:
 
 def _key(kind: Kind, expected: str) -> str:
     """What a check of a copy is recorded under: a whole copy's is `verify_shard`'s own record."""
-    return expected if kind == "shards" else f"{expected} metadata"
+    return expected if kind == "shards" else f"{expected} metadata" if kind == "meta" else f"{expected} {kind}"
 
 
 def _is_pixels(path: str) -> bool:

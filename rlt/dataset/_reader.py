@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -163,8 +163,13 @@ class TokenDataset:
         verify: check each shard's checksum the first time this process opens it (a shard from a
             URL is always checked, once, when it is fetched).
         preload: read a Zarr shard's per-token arrays whole when first used (see `ShardReader`).
-        cache_limit: for a URL, bytes the cache of fetched shards may hold (all datasets together);
-            least recently used shards are evicted. Default: ``$RLT_PREP_CACHE_LIMIT``, else 50 GB.
+        unpack: read a checked Zarr shard through an Arrow copy of it, unpacked once per machine
+            into the cache (`rlt.dataset._cache`) and memory-mapped by every process that reads the
+            shard, instead of decompressing one or two 6 MB chunks for every clip: for reads in
+            shuffled order, such as the loader's. Without ``verify``, a local shard is not unpacked.
+        cache_limit: bytes the cache of shards fetched from URLs and of unpacked shards may hold (all
+            datasets together); least recently used copies are evicted. Default:
+            ``$RLT_PREP_CACHE_LIMIT``, else 50 GB.
         index: the dataset's index, when the caller has read it already (it is not read again).
     """
 
@@ -175,6 +180,7 @@ class TokenDataset:
         columns: Sequence[str] | None = None,
         verify: bool = True,
         preload: bool = False,
+        unpack: bool = False,
         cache_limit: int | None = None,
         index: DatasetIndex | None = None,
     ) -> None:
@@ -200,6 +206,9 @@ class TokenDataset:
         self.shards: list[ShardEntry] = list(self.index.shards)
         self._starts = np.cumsum([0] + [s.rows for s in self.shards]).tolist()
         self._readers: dict[int, ShardReader] = {}
+        self._unpack = unpack and self.storage == "zarr" and "tokens" in self.columns and (verify or self.remote)
+        self._cache_limit = cache_limit
+        self._unpacked: dict[int, IO[bytes]] = {}  # the locks that keep unpacked copies in the cache
         # A local dataset's checks of the shards the reader comes to next, hashed on a thread
         # meanwhile (see `prefetch`).
         self._checks: dict[int, Future[list[list[Any]] | None]] = {}
@@ -242,11 +251,13 @@ class TokenDataset:
                 # are scanned once per process.
                 key = (str(folder), info.checksum)
                 try:
-                    self._readers[k] = self._open(folder, info, self._remote.where(name), checked=key in _verified)
+                    self._readers[k] = self._reader_of(k, folder, self._remote.where(name), checked=key in _verified)
                 except BaseException:
                     self._remote.release(name)
                     raise
                 _verified.add(key)
+                if k in self._unpacked:  # read from its Arrow copy: the fetched one may go
+                    self._remote.release(name)
                 return self._readers[k]
             folder = Path(self.root) / SHARDS / name
             checked, hashed = (str(folder), info.checksum) in _verified, None
@@ -254,7 +265,7 @@ class TokenDataset:
                 pending = self._checks.pop(k, None)
                 hashed = pending.result() if pending is not None else _hash_check(folder, info.checksum)
                 checked = hashed is None
-            self._readers[k] = self._open(folder, info, str(folder), checked=checked)
+            self._readers[k] = self._reader_of(k, folder, str(folder), checked=checked)
             if self.verify:
                 if hashed is not None:
                     # The record of a check stands for the checksum and the structure both, so it
@@ -262,6 +273,53 @@ class TokenDataset:
                     remember_check(folder, info.checksum, hashed)
                 _verified.add((str(folder), info.checksum))
         return self._readers[k]
+
+    def _reader_of(self, k: int, folder: Path, where: str, *, checked: bool) -> ShardReader:
+        """A reader of shard ``k``, whose files in ``folder`` passed their checksum: of those files,
+        or with ``unpack`` of its Arrow copy in the cache, made from them first if need be."""
+        info = self.shards[k]
+        if not self._unpack:
+            return self._open(folder, info, where, checked=checked)
+        copy, self._unpacked[k] = self._unpacked_copy(k, folder, where, checked=checked)
+        try:
+            return self._open(copy, info, where, checked=True, storage="arrow")
+        except BaseException:
+            self._unpacked.pop(k).close()
+            raise
+
+    def _unpacked_copy(self, k: int, folder: Path, where: str, *, checked: bool) -> tuple[Path, IO[bytes]]:
+        """The Arrow copy of Zarr shard ``k`` (in ``folder``, checksum checked) in the cache, made
+        if need be, and the lock that keeps it there until closed."""
+        from rlt.dataset._cache import cache_limit_bytes, cached_copy
+        from rlt.dataset._remote import mirror
+
+        info = self.shards[k]
+
+        def unpack(tmp: Path) -> None:
+            source = self._open(folder, info, where, checked=checked)  # its structure checked
+            try:
+                source.unpack(tmp)
+            except FormatError as e:
+                raise CorruptShardError(where, str(e).removeprefix(f"{folder}/")) from e
+            except OSError:
+                raise
+            except Exception as e:  # zarr's codecs raise their own types
+                raise CorruptShardError(where, f"its tokens cannot be unpacked ({type(e).__name__}: {e})") from e
+
+        if self._remote is not None:
+            local, limit = mirror(self._remote.url), self._remote.limit
+        else:
+            local, limit = mirror(Path(self.root).resolve().as_uri()), cache_limit_bytes(self._cache_limit)
+        return cached_copy(local, "unpacked", info.name, info.checksum, limit, unpack)
+
+    def _prepare(self, k: int) -> list[list[Any]] | None:
+        """A local shard's checksum check (`_hash_check`'s result), and with ``unpack`` its Arrow
+        copy made: on a thread, ahead of the reader."""
+        folder = self._folder(k)
+        hashed = _hash_check(folder, self.shards[k].checksum)
+        if self._unpack:
+            self._unpacked_copy(k, folder, str(folder), checked=hashed is None)[1].close()
+        return hashed
 
     def read(self, k: int, row: int, columns: Sequence[str] | None = None) -> ClipRecord:
         """Row ``row`` of shard ``k`` (the dataset's columns by default).
@@ -277,13 +335,16 @@ class TokenDataset:
             where = self._remote.where(self.shards[k].name) if self._remote is not None else str(reader.folder)
             raise CorruptShardError(where, str(e).removeprefix(f"{reader.folder}/")) from e
 
-    def _open(self, folder: Path, info: ShardEntry, where: str, *, checked: bool = False) -> ShardReader:
-        """A reader of the shard in ``folder``, checked against ``info``; errors name ``where``.
-        ``checked``: its files passed every check before (the scans of its values are skipped)."""
+    def _open(
+        self, folder: Path, info: ShardEntry, where: str, *, checked: bool = False, storage: str | None = None
+    ) -> ShardReader:
+        """A reader of the shard in ``folder`` (in the dataset's storage, or ``storage``), checked
+        against ``info``; errors name ``where``. ``checked``: its files passed every check before
+        (the scans of its values are skipped)."""
         try:
             reader = ShardReader(
                 folder,
-                self.storage,  # type: ignore[arg-type]
+                storage or self.storage,  # type: ignore[arg-type]
                 self.geometry,
                 preload=self.preload,
                 scan=not checked,
@@ -301,8 +362,9 @@ class TokenDataset:
 
     def prefetch(self, shards: Iterable[int]) -> None:
         """Starts getting shards ``shards`` ready in the background: fetched into the cache for a
-        dataset at a URL, their checksums computed on a thread for a local one (so that hashing the
-        next shard overlaps reading this one). A failure is left for `shard` to meet and raise."""
+        dataset at a URL, their checksums computed (and, with ``unpack``, their Arrow copies made) on
+        a thread for a local one, so that this overlaps reading the shard before. A failure is left
+        for `shard` to meet and raise."""
         if self._remote is not None:
             self._remote.prefetch(
                 [(self.shards[k].name, self.shards[k].checksum) for k in shards], pixels="tokens" in self.columns
@@ -316,7 +378,7 @@ class TokenDataset:
                 continue
             if self._checker is None:
                 self._checker = ThreadPoolExecutor(1, thread_name_prefix="rlt-check")
-            self._checks[k] = self._checker.submit(_hash_check, folder, expected)
+            self._checks[k] = self._checker.submit(self._prepare, k)
 
     def _folder(self, k: int) -> Path:
         """Where shard ``k`` of a local dataset lies; its name from the index checked first."""
@@ -326,6 +388,9 @@ class TokenDataset:
     def release(self, k: int) -> None:
         """Drops shard ``k``'s reader and whatever it holds in memory (and, from a URL, lets the cache
         evict it)."""
+        unpacked = self._unpacked.pop(k, None)
+        if unpacked is not None:
+            unpacked.close()
         if self._readers.pop(k, None) is not None and self._remote is not None:
             self._remote.release(self.shards[k].name)
 

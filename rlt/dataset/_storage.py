@@ -244,6 +244,28 @@ class ShardReader:
             if not np.array_equal(column.offsets.to_numpy(), expected) or len(column.values) != expected[-1]:
                 raise fail(name, f"every row must hold {width} values")
 
+    def unpack(self, folder: Path) -> None:
+        """Writes this Zarr shard into ``folder`` in Arrow storage (FORMAT.md's two Arrow files, no
+        ``meta.json``): the copy the training loader memory-maps instead of decompressing one or two
+        chunks for every clip. The tokens go through a raw file, decompressed one Zarr shard file
+        at a time and memory-mapped for the Arrow writer, so memory holds at most one such file."""
+        raw = folder / ".tokens.u8"
+        shape = (self.tokens, self.geometry.token_dim)
+        pixels = self._pixels()
+        with writing(raw), open(raw, "wb") as out:
+            for start in range(0, self.tokens, TOKEN_SHARD):
+                out.write(np.ascontiguousarray(pixels[start : start + TOKEN_SHARD]).data)
+        tokens = np.memmap(raw, np.uint8, "r", shape=shape) if self.tokens else np.empty(shape, np.uint8)
+        columns = {name: self.column(name) for name in ZARR_ARRAYS if name not in ("token_offsets", "tokens")}
+        write_columns(
+            folder,
+            {"token_offsets": self._offsets, **columns, "tokens": tokens},
+            storage="arrow",
+            geometry=self.geometry,
+        )
+        del tokens
+        raw.unlink()
+
     def _pixels(self) -> Any:
         """The tokens (pixels), opened and checked on first use: reports that read metadata never
         touch them."""

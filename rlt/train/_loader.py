@@ -73,7 +73,9 @@ class TokenStream(IterableDataset):
             when one rank runs out first.
         prefetch: shards made ready ahead of the reader, in the order the plan reads them: fetched
             from a URL, or their checksums computed on a thread for a local dataset.
-        cache_limit: for a URL, bytes the local cache of shards may hold (see `rlt.dataset.TokenDataset`).
+        cache_limit: bytes the local cache of shards may hold: shards fetched from a URL, and Zarr
+            shards' tokens, which the loader unpacks there once per machine for every worker and
+            epoch to share (see `rlt.dataset.TokenDataset`).
         one_clip_per_video: each epoch plans one of each video's stored clips, drawn anew every epoch
             (`rlt.train.one_clip_per_video`; a pure function of (seed, epoch), so resuming stays exact).
         follow: for a dataset that grows (`rlt-prep serve DATASET --watch SOURCE`): each epoch,
@@ -322,7 +324,7 @@ class TokenStream(IterableDataset):
         """One `_Item` per batch of the plan this process makes (all of them, or a worker's share)."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        dataset = TokenDataset(self.root, verify=True, cache_limit=self.cache_limit, index=self._index)
+        dataset = TokenDataset(self.root, verify=True, unpack=True, cache_limit=self.cache_limit, index=self._index)
         try:
             yield from self._read(dataset, worker, workers, shared=info is not None)
         finally:
