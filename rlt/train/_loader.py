@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -391,9 +393,11 @@ class TokenStream(IterableDataset):
             ("padded", (b, g), torch.bool),
         ]
         sizes = [math.prod(shape) * dtype.itemsize for _, shape, dtype in layout]
-        buffer = torch.empty(sum(-(-size // 8) * 8 for size in sizes), dtype=torch.uint8)
+        total = sum(-(-size // 8) * 8 for size in sizes)
         if shared:
-            buffer.share_memory_()
+            buffer = torch.empty(total, dtype=torch.uint8).share_memory_()
+        else:
+            buffer = _batch_buffer(total)
         views: dict[str, torch.Tensor] = {}
         offset = 0
         for (name, shape, dtype), size in zip(layout, sizes, strict=True):
@@ -418,6 +422,34 @@ class TokenStream(IterableDataset):
             clip_ids=tuple(int(r.clip or 0) for r in records),
             **views,
         )
+
+
+# Buffers of batches built in this process (no worker), used again once no batch holds them.
+_buffers: list[np.ndarray] = []
+_buffers_lock = threading.Lock()
+KEEP_BUFFERS = 3
+
+
+def _batch_buffer(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of memory for a batch: a buffer an earlier batch of this process had, once nothing
+    holds that batch any more, else a new one, kept for later (the last `KEEP_BUFFERS`).
+
+    A new buffer costs a page fault for every 4 KiB written: glibc maps a block larger than any it
+    has freed afresh, so the batches of the first epochs, growing, faulted 100 MB an epoch and made
+    the second epoch of a stream 2x slower than later ones (a batch is ~25 MB at max_tokens 16384).
+    """
+    with _buffers_lock:
+        for array in _buffers:
+            # Referenced by the list, the loop and getrefcount alone: no tensor of a batch (whose
+            # storage holds the array it was made from) is left.
+            if array.nbytes >= nbytes and sys.getrefcount(array) == 3:
+                return torch.from_numpy(array)[:nbytes]
+        # As large as the largest so far, so that once a stream's largest batch came, any buffer
+        # free serves any batch. (NumPy maps a block this large with huge pages.)
+        array = np.empty(max([nbytes, *(a.nbytes for a in _buffers)]), np.uint8)
+        _buffers.append(array)
+        del _buffers[:-KEEP_BUFFERS]
+        return torch.from_numpy(array)[:nbytes]
 
 
 def _fetch_order(batches: list[np.ndarray], starts: np.ndarray, ahead: int) -> dict[int, list[int]]:
