@@ -395,7 +395,9 @@ class TokenStream(IterableDataset):
         sizes = [math.prod(shape) * dtype.itemsize for _, shape, dtype in layout]
         total = sum(-(-size // 8) * 8 for size in sizes)
         if shared:
-            buffer = torch.empty(total, dtype=torch.uint8).share_memory_()
+            # Made in shared memory, as torch's default_collate makes a worker's batches:
+            # share_memory_() on an ordinary tensor would copy it there.
+            buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(total))
         else:
             buffer = _batch_buffer(total)
         views: dict[str, torch.Tensor] = {}
