@@ -1,6 +1,7 @@
-"""The local cache of datasets at URLs: each shard fetched whole, checked once, read as local files.
+"""The local cache of datasets at URLs (each shard fetched whole, checked once, read as local files),
+and of Zarr shards unpacked for the training loader.
 
-What a dataset at ``URL`` has fetched lies in its mirror folder (`rlt.dataset._remote.mirror`):
+What a dataset at ``URL`` has fetched or unpacked lies in its mirror folder (`rlt.dataset._remote.mirror`):
 
 ```
 mirror(URL)/
