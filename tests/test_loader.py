@@ -238,6 +238,13 @@ def test_a_batch_no_longer_held_lends_its_memory_to_a_later_one(dataset: Path) -
             storages.add(batch.tokens.untyped_storage().data_ptr())
             batches += 1
     assert batches > 6 and len(storages) <= 3
-    # Batches held stay intact (the other tests compare held batches with the dataset).
+    # Batches held stay intact (the other tests compare held batches with the dataset), and so do
+    # tensors taken out of a batch.
     held = list(loader)
     assert len({b.tokens.untyped_storage().data_ptr() for b in held}) == len(held)
+    part = next(iter(loader)).tokens[:5]
+    expected = part.clone()
+    for _ in range(2):
+        for _batch in loader:
+            pass
+    assert torch.equal(part, expected)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -426,8 +426,9 @@ class TokenStream(IterableDataset):
         )
 
 
-# Buffers of batches built in this process (no worker), used again once no batch holds them.
-_buffers: list[np.ndarray] = []
+# Buffers of batches built in this process (no worker), each with a weak reference to the view of
+# it that its last batch was made from, alive while a tensor of that batch is.
+_buffers: list[tuple[np.ndarray, weakref.ref[np.ndarray] | None]] = []
 _buffers_lock = threading.Lock()
 KEEP_BUFFERS = 3
 
@@ -440,18 +441,25 @@ def _batch_buffer(nbytes: int) -> torch.Tensor:
     has freed afresh, so the batches of the first epochs, growing, faulted 100 MB an epoch and made
     the second epoch of a stream 2x slower than later ones (a batch is ~25 MB at max_tokens 16384).
     """
+
+    def free(lent: weakref.ref[np.ndarray] | None) -> bool:
+        return lent is None or lent() is None
+
     with _buffers_lock:
-        for array in _buffers:
-            # Referenced by the list, the loop and getrefcount alone: no tensor of a batch (whose
-            # storage holds the array it was made from) is left.
-            if array.nbytes >= nbytes and sys.getrefcount(array) == 3:
-                return torch.from_numpy(array)[:nbytes]
-        # As large as the largest so far, so that once a stream's largest batch came, any buffer
-        # free serves any batch. (NumPy maps a block this large with huge pages.)
-        array = np.empty(max([nbytes, *(a.nbytes for a in _buffers)]), np.uint8)
-        _buffers.append(array)
-        del _buffers[:-KEEP_BUFFERS]
-        return torch.from_numpy(array)[:nbytes]
+        k = next((i for i, (a, lent) in enumerate(_buffers) if a.nbytes >= nbytes and free(lent)), None)
+        if k is None:
+            # As large as the largest so far, and the smaller free ones dropped: once a stream's
+            # largest batch came, every buffer serves every batch. (NumPy maps a block this large
+            # with huge pages.)
+            new = np.empty(max([nbytes, *(a.nbytes for a, _ in _buffers)]), np.uint8)
+            _buffers[:] = [*[b for b in _buffers if not free(b[1])][-(KEEP_BUFFERS - 1) :], (new, None)]
+            k = len(_buffers) - 1
+        array = _buffers[k][0]
+        view = array[:nbytes]
+        # The tensor's storage holds ``view`` (torch.from_numpy keeps the array it is given) until
+        # no tensor of the batch is left.
+        _buffers[k] = (array, weakref.ref(view))
+        return torch.from_numpy(view)
 
 
 def _fetch_order(batches: list[np.ndarray], starts: np.ndarray, ahead: int) -> dict[int, list[int]]:
