@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -74,10 +75,11 @@ class TokenStream(IterableDataset):
             rest of the epoch; loops that step all ranks together (DDP, Lightning, Accelerate) hang
             when one rank runs out first.
         prefetch: shards made ready ahead of the reader, in the order the plan reads them: fetched
-            from a URL, or their checksums computed on a thread for a local dataset.
-        cache_limit: bytes the local cache of shards may hold: shards fetched from a URL, and Zarr
-            shards' tokens, which the loader unpacks there once per machine for every worker and
-            epoch to share (see `rlt.dataset.TokenDataset`).
+            from a URL, or their checksums computed (and Zarr shards unpacked) on threads for a
+            local dataset.
+        cache_limit: bytes the local cache of shards may hold: shards fetched from a URL, and the
+            Arrow copies of Zarr shards that the loader unpacks there once per machine, for every
+            worker and epoch to share (see `rlt.dataset.TokenDataset`).
         one_clip_per_video: each epoch plans one of each video's stored clips, drawn anew every epoch
             (`rlt.train.one_clip_per_video`; a pure function of (seed, epoch), so resuming stays exact).
         follow: for a dataset that grows (`rlt-prep serve DATASET --watch SOURCE`): each epoch,
@@ -431,6 +433,14 @@ class TokenStream(IterableDataset):
 _buffers: list[tuple[np.ndarray, weakref.ref[np.ndarray] | None]] = []
 _buffers_lock = threading.Lock()
 KEEP_BUFFERS = 3
+
+
+def _forget_buffers_after_fork() -> None:
+    global _buffers, _buffers_lock
+    _buffers, _buffers_lock = [], threading.Lock()  # a thread of the parent may have held the lock
+
+
+os.register_at_fork(after_in_child=_forget_buffers_after_fork)
 
 
 def _batch_buffer(nbytes: int) -> torch.Tensor:
