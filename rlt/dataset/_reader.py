@@ -312,10 +312,9 @@ class TokenDataset:
             local, limit = mirror(Path(self.root).resolve().as_uri()), cache_limit_bytes(self._cache_limit)
         return cached_copy(local, "unpacked", info.name, info.checksum, limit, unpack)
 
-    def _prepare(self, k: int) -> list[list[Any]] | None:
-        """A local shard's checksum check (`_hash_check`'s result), and with ``unpack`` its Arrow
+    def _prepare(self, k: int, folder: Path) -> list[list[Any]] | None:
+        """Local shard ``k``'s checksum check (`_hash_check`'s result), and with ``unpack`` its Arrow
         copy made: on a thread, ahead of the reader."""
-        folder = self._folder(k)
         hashed = _hash_check(folder, self.shards[k].checksum)
         if self._unpack:
             self._unpacked_copy(k, folder, str(folder), checked=hashed is None)[1].close()
@@ -380,7 +379,7 @@ class TokenDataset:
                 # Two: XXH3 lets go of the GIL, and a first batch drawn from every shard of a small
                 # dataset waits on them all (a cold epoch 8% faster than with one, median of 10).
                 self._checker = ThreadPoolExecutor(2, thread_name_prefix="rlt-check")
-            self._checks[k] = self._checker.submit(self._prepare, k)
+            self._checks[k] = self._checker.submit(self._prepare, k, folder)
 
     def _folder(self, k: int) -> Path:
         """Where shard ``k`` of a local dataset lies; its name from the index checked first."""
