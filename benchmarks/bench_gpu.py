@@ -6,10 +6,10 @@ saves its figures as it goes, so a killed run still leaves them). Every goal is 
 things measured side by side in the same section, printed next to the goal:
 
   decode    clips/s of VideoMAE 16x4 clips at 224 from 720p and 1080p H.264 (10 s, 30 fps, GOP 48):
-            DALI (NVDEC) at several videos per batch against decord and torchcodec on all CPU cores
-            (os.cpu_count() workers, one decoder thread each; decord in threads and in processes,
-            the faster kept). Goals: DALI >= 5x decord; NVDEC busy >= 80% while DALI decodes.
-            Frames/s decoded, against NVIDIA's ~770 fps of 1080p H.264 per NVDEC engine.
+            DALI (NVDEC), batches of several videos, one or several batches at once, against decord
+            and torchcodec on all CPU cores (os.cpu_count() workers, one decoder thread each; decord
+            in threads and in processes, the faster kept). Goals: DALI >= 5x decord; NVDEC busy
+            >= 80% while DALI decodes. Frames/s decoded, against NVIDIA's ~770 fps of 1080p H.264 per NVDEC engine.
   rlt       run_length_tokenize on a uint8 [B,16,224,224,3] CUDA batch, half static, against one
             device copy of it (goal <= 5x) and against a ViT-B bf16 forward pass on its tokens
             (goal < 1%). CUDA events, median of many.

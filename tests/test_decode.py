@@ -203,7 +203,10 @@ def test_one_bad_file_does_not_fail_the_batch(videos: dict[str, Path], backend: 
 
 RESIZES = [(64, 64), (96, 96), (48, None), (None, 80), (160, 128)]
 RESIZE_CASES = [("dali-cpu", kind) for kind in ("vp9", "mjpeg", "odd_size_vp9")] + [
-    pytest.param("dali", kind, marks=pytest.mark.needs_cuda) for kind in ("h264", "odd_size", "vp9", "h264_vfr")
+    # Odd sizes are H.264 4:4:4 or VP9 under 128x128, which NVDEC does not decode (an H100 has no
+    # H.264 4:4:4); DALI takes the VP9 one on the CPU and hands it over on the GPU.
+    pytest.param("dali", kind, marks=pytest.mark.needs_cuda)
+    for kind in ("h264", "odd_size_vp9", "vp9", "h264_vfr")
 ]
 
 
@@ -218,8 +221,11 @@ def test_dali_resizes_and_crops_like_the_cpu_path(
     dali = dali.cpu()
     reference = resize_and_crop(decode_frames(videos[kind], wanted, backend="decord"), size=size, crop=crop)
     assert dali.shape == reference.shape and dali.dtype == torch.uint8
-    # DALI's antialiased resampling and colour conversion round differently from ours.
-    assert (dali.int() - reference.int()).abs().float().mean() < 2.0
+    # DALI's antialiased resampling and colour conversion round differently from ours. NVDEC's YUV to
+    # RGB also differs from swscale's in saturated colours (up to ~17 levels of red; a mean of 2.08
+    # over these clips on an H100), which a mean this size still tells apart from wrong frames.
+    limit = 2.5 if backend == "dali" else 2.0
+    assert (dali.int() - reference.int()).abs().float().mean() < limit
 
 
 def test_resized_frames_are_still_the_ones_asked_for(videos: dict[str, Path]) -> None:

@@ -62,7 +62,12 @@ def sweep(shim: Path, work: Path, args: list[str], again: list[str], keep: list[
         "report": str(work / "report.json"),
     }
     (work / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "LD_PRELOAD": str(shim), "RLT_PREP_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT)}
+    # On the CPU on a GPU machine too: the runs are forks of a process whose warm-up ran the command,
+    # and CUDA cannot be used again in a forked child. The paths already on PYTHONPATH are kept (where
+    # packages may be installed).
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "LD_PRELOAD": str(shim), "RLT_PREP_CACHE": str(work / "cache"), "PYTHONPATH": path}
+    env["CUDA_VISIBLE_DEVICES"] = ""
     subprocess.run(
         [sys.executable, "-m", "tests.fault_driver", str(work / "spec.json")], env=env, check=True, timeout=600
     )

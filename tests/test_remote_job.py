@@ -76,7 +76,9 @@ def test_a_job_killed_while_publishing_resumes_to_the_same_objects(tmp_path: Pat
     command = [sys.executable, "-m", "rlt", "tokenize", str(samples), url, "--shard-size", "1",
                "--num-frames", "8", "--frame-interval", "2", "--clips-per-video", "2", "--size", "64",
                "--backend", "decord", "--workers", "1"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    # This checkout first, then the paths already on PYTHONPATH (where packages may be installed).
+    path = os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
     for kill_after in (1, 3):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 240

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +18,8 @@ from rlt import PackedTokens, run_length_tokenize
 from tests.clips import KINDS, batch, slow_ramp
 from tests.conftest import DEVICES
 from tests.rlt_reference import naive_rlt, pack_reference
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_matches(packed: PackedTokens, expected: dict[str, np.ndarray]) -> None:
@@ -231,3 +239,53 @@ def test_cuda_equals_cpu(geometry: tuple[int, ...], seed: int, kind: str, thresh
     assert cuda.device.type == "cuda"
     for name in ("tokens", "positions", "lengths", "cu_seqlens", "keep"):
         assert torch.equal(getattr(cuda, name).cpu(), getattr(cpu, name)), name
+
+
+@settings(max_examples=40, deadline=None)
+@given(geometry=geometry, seed=st.integers(0, 2**16), kind=st.sampled_from(sorted(KINDS)), threshold=st.floats(0, 0.5))
+def test_all_tubelets_at_once_equals_one_at_a_time(
+    geometry: tuple[int, ...], seed: int, kind: str, threshold: float
+) -> None:
+    """The GPU's one pass over every tubelet pair, run on the CPU, against the CPU's loop."""
+    from rlt.pipeline._rlt import _channel_weights, _keep_mask
+
+    b, ts, g, p, h, w = geometry
+    clips = _clips(seed, b, ts * g, h * p, w * p, kind)
+    weights = _channel_weights(clips, p, "normalized")
+    loop = _keep_mask(clips, ts, p, weights, threshold, "previous", at_once=False)
+    assert torch.equal(_keep_mask(clips, ts, p, weights, threshold, "previous", at_once=True), loop)
+
+
+TRITON_CHECK = """
+import torch
+from rlt.pipeline import _rlt, _rlt_triton
+from tests.clips import KINDS, batch
+
+cases = [(2, 2, 4, 8, 2, 3, "normalized", 3), (3, 1, 5, 4, 2, 2, "normalized", 3), (1, 4, 3, 8, 1, 2, "pixel", 1),
+         (2, 2, 4, 16, 2, 2, "normalized", 3), (2, 3, 3, 4, 3, 1, "pixel", 4)]
+for n, (b, ts, g, p, h, w, units, c) in enumerate(cases):
+    for kind in sorted(KINDS):
+        clips = torch.from_numpy(batch([kind] * b, seed=n, t=ts * g, h=h * p, w=w * p))
+        clips = (clips[..., :c] if c <= 3 else torch.cat([clips, clips[..., :1]], -1)).contiguous()
+        weights = _rlt._channel_weights(clips, p, units)
+        for threshold in (0.0, 0.05, 0.1, 0.3, 2.0):
+            keep = _rlt._keep_mask(clips, ts, p, weights, threshold, "previous", at_once=False)
+            assert torch.equal(_rlt_triton.keep_mask(clips, ts, p, weights, threshold), keep), (n, kind, threshold)
+            tokens, lengths = _rlt_triton.pack(clips, keep, keep.nonzero(), ts, p)
+            expected = _rlt._pack(clips, keep, ts, p)
+            assert torch.equal(tokens, expected.tokens) and torch.equal(lengths, expected.lengths), (n, kind)
+print("triton kernels agree")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_triton_kernels_equal_the_cpu_path_in_the_interpreter() -> None:
+    """The GPU's Triton kernels, run by Triton's interpreter on CPU tensors, against the CPU path
+    (on a GPU, test_cuda_equals_cpu compares them compiled)."""
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "triton kernels agree" in done.stdout, done.stderr[-3000:]

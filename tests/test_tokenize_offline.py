@@ -449,9 +449,12 @@ def test_an_unreachable_ray_address_fails_at_once_saying_what_to_change(tmp_path
 
 
 def test_gpus_the_cluster_does_not_have_are_refused_not_waited_for(tmp_path: Path, samples: Path) -> None:
-    # The module's Ray has no GPU: Ray would queue these tasks for ever.
-    with pytest.raises(ValueError, match=r"--gpus-per-task 1 asks each task for more GPU than the Ray cluster has"):
-        tokenize_dataset(samples, tmp_path / "out", CONFIG, gpus_per_task=1, ray_after=0)
+    # One GPU more than the module's Ray has (none without CUDA): Ray would queue these tasks for ever.
+    import ray
+
+    more = int(ray.cluster_resources().get("GPU", 0)) + 1
+    with pytest.raises(ValueError, match=rf"--gpus-per-task {more} asks each task for more GPU than the Ray cluster"):
+        tokenize_dataset(samples, tmp_path / "out", CONFIG, gpus_per_task=more, ray_after=0)
 
 
 def test_when_the_embedded_ray_cannot_start_the_threads_finish_the_job(

@@ -90,16 +90,24 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "rlt", *args]
 
 
+def cpu_env() -> dict[str, str]:
+    """The environment of a `rlt-prep train` that runs on the CPU, with one thread, on a GPU machine
+    too (losses equal step for step, gloo for DDP); this checkout first on the PYTHONPATH, before
+    the paths already on it (where packages may be installed)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": ""}
+
+
 def test_tiny_learns_the_direction_of_motion(tmp_path: Path, direction: dict[str, Path]) -> None:
     # About 25 s on two CPU cores; the loss falls from ~0.69 to ~0.01 by epoch 15.
     config = TrainConfig(preset="tiny", epochs=25, max_tokens=1024, warmup_steps=5, layer_decay=1.0)
-    summary = train(direction["train"], tmp_path / "run", config)
+    summary = train(direction["train"], tmp_path / "run", config, device="cpu")
     assert summary.steps > 300 and summary.epoch == 25
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == summary.steps
     assert sum(m["loss"] for m in metrics[-20:]) < 0.2 * sum(m["loss"] for m in metrics[:20])
     assert all(0 < m["kept_ratio"] < 0.8 for m in metrics)  # RLT dropped tokens of the static background
-    scores = evaluate(tmp_path / "run", direction["val"])
+    scores = evaluate(tmp_path / "run", direction["val"], device="cpu")
     assert scores.videos == 32 and scores.clips == 64
     assert scores.top1 > 0.9, scores
 
@@ -173,7 +181,7 @@ def test_a_killed_run_resumes_with_the_same_losses_step_for_step(
         if source == "online-recipe":  # random resized crops of the pixels (fewer tokens), then the recipe
             args += ["--frame-crop", "48", "--recipe", "videomae"]
     args += ["--warmup-steps", "5", "--checkpoint-every", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = cpu_env()
     whole = tmp_path / "whole"
     subprocess.run(cli(*args, "--out", str(whole)), check=True, env=env, capture_output=True)
     expected = losses(whole)
@@ -213,7 +221,7 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, directi
     else:
         args += ["--online", str(direction["val_manifest"]), "--backend", "decord"]
         args += ["--num-frames", "8", "--frame-interval", "2", "--size", "64"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = cpu_env()
     single, double = tmp_path / "single", tmp_path / "ddp"
     per_rank = ["--videos-per-batch", "32"] if mode == "online" else []
     subprocess.run(cli(*args, *per_rank, "--out", str(single)), check=True, env=env, capture_output=True)
@@ -258,6 +266,36 @@ def test_warmup_then_cosine() -> None:
     assert schedule(10, 3.0) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="min_lr"):
         WarmupCosine(lr=1.0, min_lr=2.0, warmup_steps=0)
+
+
+def test_a_plain_cuda_device_is_trained_on_with_its_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.cuda.set_device(torch.device("cuda")) raises: the run's device must name its GPU.
+    from rlt.train._loop import _run_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert _run_device("cuda", local_rank=0, world=1) == torch.device("cuda", 3)
+    assert _run_device(torch.device("cuda"), local_rank=1, world=2) == torch.device("cuda", 1)
+    assert _run_device("cuda:2", local_rank=1, world=2) == torch.device("cuda", 2)
+    assert _run_device("cpu", local_rank=0, world=1) == torch.device("cpu")
+
+
+def test_more_torchrun_processes_than_gpus_is_an_error_that_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rather than CUDA's "invalid device ordinal" on the rank past the last GPU, and the others waiting.
+    from rlt.train._loop import _check_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"torchrun started 2 processes .* 1 GPU\(s\).*--nproc-per-node 1"):
+        _check_device(torch.device("cuda", 0), None, local_world=2)  # rank 0 refuses too
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES="):
+        _check_device(torch.device("cuda", 1), "cuda", local_world=2)
+    with pytest.raises(ValueError, match=r"there is no cuda:3 on this machine"):
+        _check_device(torch.device("cuda", 3), "cuda:3", local_world=1)
+    _check_device(torch.device("cuda", 0), "cuda:0", local_world=2)  # both ranks on the GPU the caller named
+    _check_device(torch.device("cuda", 0), None, local_world=1)
+    _check_device(torch.device("cpu"), "cpu", local_world=8)  # gloo, however many
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="torch sees none"):
+        _check_device(torch.device("cuda", 0), "cuda", local_world=1)
 
 
 def test_checkpoint_holds_everything_and_loads_weights_only(tmp_path: Path, direction: dict[str, Path]) -> None:
@@ -383,7 +421,9 @@ def test_train_and_eval_commands(tmp_path: Path, direction: dict[str, Path]) -> 
 
 @pytest.mark.needs_cuda
 def test_bf16_training_on_the_gpu_with_varlen_attention(tmp_path: Path, direction: dict[str, Path]) -> None:
-    summary = train(direction["val"], tmp_path / "run", TrainConfig(max_steps=5, max_tokens=2048), device="cuda")
+    # epochs=None: the 32 held-out clips make 2 steps an epoch at this budget; the steps are what count.
+    config = TrainConfig(epochs=None, max_steps=5, max_tokens=2048)
+    summary = train(direction["val"], tmp_path / "run", config, device="cuda")
     found = losses(tmp_path / "run")
     assert summary.steps == 5 and all(torch.isfinite(torch.tensor(found)))
     scores = evaluate(tmp_path / "run", direction["val"], device="cuda")

@@ -28,7 +28,7 @@ class Sizes:
     videos: int  # per resolution
     frames: int  # per video, at 30 fps
     min_timed_s: float  # shortest timed window of a decoder
-    dali_batches: tuple[int, ...]
+    dali_runs: tuple[tuple[int, int], ...]  # (videos per batch, threads decoding batches at once)
     rlt_batch: int
     repeats: int
     train_clips: int
@@ -38,8 +38,8 @@ class Sizes:
     warm_steps: int
 
 
-FULL = Sizes(64, 300, 4.0, (4, 16, 32), 32, 50, 32, 10, 30, 16, 3)
-QUICK = Sizes(6, 72, 0.5, (2, 6), 4, 5, 4, 2, 4, 2, 1)
+FULL = Sizes(32, 300, 4.0, ((16, 1), (16, 2), (8, 4)), 32, 50, 32, 10, 30, 16, 3)
+QUICK = Sizes(6, 72, 0.5, ((2, 1), (3, 2)), 4, 5, 4, 2, 4, 2, 1)
 
 
 def log(message: str) -> None:

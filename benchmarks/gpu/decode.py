@@ -154,10 +154,19 @@ def pool_pass(pool: Executor, fn: Callable[..., Any], backend: str, items: list[
         pass
 
 
-def batched_pass(ctx: Context, backend: str, batch: int, items: list[Clip]) -> None:
-    for i in range(0, len(items), batch):
-        paths, indices, infos = zip(*items[i : i + batch], strict=True)
+def batched_pass(ctx: Context, backend: str, batch: int, threads: int, items: list[Clip]) -> None:
+    """Decodes ``items`` in batches of ``batch`` videos, ``threads`` batches at once (as the online
+    pipeline's workers do, each thread with a DALI pipeline of its own)."""
+    device = torch.cuda.current_device() if ctx.cuda else None
+
+    def one(start: int) -> None:
+        if device is not None:
+            torch.cuda.set_device(device)
+        paths, indices, infos = zip(*items[start : start + batch], strict=True)
         decode_224(list(paths), list(indices), backend, list(infos))
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(0, len(items), batch)))
     ctx.sync()
 
 
@@ -202,9 +211,10 @@ def section_decode(rec: Recorder, ctx: Context) -> None:
                     measure(fig, "torchcodec", f"{resolution}: torchcodec, {cores} {kind}", run)
                 except Exception as e:  # a CPU decoder that fails (torchcodec missing) costs no DALI figures
                     fig["torchcodec"] = {"error": f"{type(e).__name__}: {e}"}
-            for batch in ctx.sizes.dali_batches:
-                run = functools.partial(batched_pass, ctx, ctx.dali, batch, items)
-                result = measure(fig, f"dali_vpb{batch}", f"{resolution}: {ctx.dali}, {batch} videos per batch", run)
+            for batch, threads in ctx.sizes.dali_runs:
+                run = functools.partial(batched_pass, ctx, ctx.dali, batch, threads, items)
+                what = f"{resolution}: {ctx.dali}, {batch} videos per batch, {threads} at once"
+                result = measure(fig, f"dali_vpb{batch}x{threads}", what, run)
                 if result is not None:
                     result["decoded_frames_per_s"] = round(result["clips_per_s"] * per_clip, 1)
                     result["utilisation"] = ctx.sampler.window(*result["window"])

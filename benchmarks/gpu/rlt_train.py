@@ -7,7 +7,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,6 +45,15 @@ def median_ms(ctx: Context, fn: Callable[[], object], repeats: int, warmup: int 
     return statistics.median(times)
 
 
+def _kernels_in_use(ctx: Context) -> Any:
+    """rlt's Triton kernels module where this rlt has one and uses it on this device, else None."""
+    try:
+        from rlt.pipeline import _rlt_triton
+    except ImportError:
+        return None
+    return _rlt_triton if ctx.cuda and _rlt_triton.ENABLED else None
+
+
 def vit(ctx: Context) -> VideoViT:
     """The --preset model for 400 classes (Kinetics-400), on the section's device."""
     from rlt.train import PRESETS, VideoViT
@@ -65,6 +74,14 @@ def section_rlt(rec: Recorder, ctx: Context) -> None:
     rlt_ms = median_ms(ctx, lambda: run_length_tokenize(clips_BTHWC), repeats)
     copy_ms = median_ms(ctx, lambda: clips_BTHWC.clone(), repeats)
     packed = run_length_tokenize(clips_BTHWC)
+    kernels = _kernels_in_use(ctx)
+    rec.figures["rlt_kernels"] = "triton" if kernels is not None else "eager torch ops"
+    if kernels is not None:  # the same stage in eager torch ops, for comparison
+        kernels.ENABLED = False
+        try:
+            rec.figures["rlt_eager_ms"] = round(median_ms(ctx, lambda: run_length_tokenize(clips_BTHWC), repeats), 4)
+        finally:
+            kernels.ENABLED = True
     rec.figures.update(
         batch=list(clips_BTHWC.shape),
         kept_ratio=round(packed.num_tokens / packed.dense_tokens, 4),

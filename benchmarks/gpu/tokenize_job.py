@@ -37,20 +37,26 @@ def section_tokenize(rec: Recorder, ctx: Context) -> None:
         )
         try:
             rec.figures["ray_resources"] = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
-            # DALI tasks ask for the job's default GPU share; decord tasks for none, so every core runs one.
-            for backend, gpus_per_task in ((ctx.dali, None), ("decord", 0.0)):
+            # DALI tasks ask for the job's default GPU share, then for 1/cores of it (a task on every
+            # core, all on the one GPU); decord tasks for none, so every core runs one.
+            runs = (
+                (ctx.dali, ctx.dali, None),
+                ("decord", "decord", 0.0),
+                (f"{ctx.dali}_all_cores", ctx.dali, 1 / cores),
+            )
+            for key, backend, gpus_per_task in runs:
                 if rec.over_budget():
-                    rec.skip(f"tokenize with {backend}")
+                    rec.skip(f"tokenize with {key}")
                     continue
                 config = TokenizeConfig(shard_size=shard_size, backend=backend)
                 options: dict[str, Any] = {"workers": cores, "gpus_per_task": gpus_per_task, **batch}
                 if warm:  # Ray's workers, their imports and CUDA contexts, on one video per worker first
                     (work / "warm.csv").write_text("path,label\n" + "".join(f"{p},0\n" for p in paths[:cores]))
-                    tokenize_dataset(work / "warm.csv", work / f"warm_{backend}", config, **options)
+                    tokenize_dataset(work / "warm.csv", work / f"warm_{key}", config, **options)
                 share = "the job's default" if gpus_per_task is None else gpus_per_task
                 log(f"tokenize {len(paths)} videos with {backend}, {cores} workers, GPU share per task: {share}")
-                summary = tokenize_dataset(manifest, work / backend, config, **options)
-                rec.figures[backend] = {
+                summary = tokenize_dataset(manifest, work / key, config, **options)
+                rec.figures[key] = {
                     "seconds": round(summary.seconds, 2),
                     "videos_per_s": round(summary.videos / summary.seconds, 2),
                     "clips": summary.clips,
@@ -64,5 +70,11 @@ def section_tokenize(rec: Recorder, ctx: Context) -> None:
                 value = ratio(rec.figures[ctx.dali]["videos_per_s"], rec.figures["decord"]["videos_per_s"])
                 rec.figures["dali_over_decord_videos_per_s"] = value
                 log(f"  tokenize: {ctx.dali} / decord on all cores = {value}x (no goal set)")
+            if f"{ctx.dali}_all_cores" in rec.figures and "decord" in rec.figures:
+                value = ratio(
+                    rec.figures[f"{ctx.dali}_all_cores"]["videos_per_s"], rec.figures["decord"]["videos_per_s"]
+                )
+                rec.figures["dali_all_cores_over_decord_videos_per_s"] = value
+                log(f"  tokenize: {ctx.dali} with a task on every core / decord = {value}x (no goal set)")
         finally:
             ray.shutdown()

@@ -32,11 +32,16 @@ from rlt.pipeline._transforms import output_geometry
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mjpeg", "av1", "mpeg4"})
 
+# The smallest frames NVDEC decodes, by codec (NVIDIA Video Codec SDK's decoder capabilities; an H100
+# refuses a 128x96 VP9 and returns wrong pixels for a 131x97 one). Smaller videos of a codec DALI's CPU
+# graph takes are decoded there and handed over on the GPU.
+NVDEC_MIN_SIZE = {"vp9": 128, "av1": 128, "hevc": 144}
+
 # Pipelines of one kind (device, batch bucket, resize or not) that may run at once in a process.
 # The online pipeline's workers and the job's threads decode from several threads; more than one
-# pipeline keeps more decode sessions busy than one would, and each holds its own decoders and
-# buffers. To be tuned on a GPU (issue "Prove the GPU path").
-PIPELINES_PER_KIND = 2
+# pipeline keeps NVDEC busy while another one demuxes, sets up its decoders or finishes its slowest
+# video, and each holds its own decoders and buffers (benchmarks/bench_gpu.py compares 1, 2 and 4).
+PIPELINES_PER_KIND = 4
 
 _Key = tuple[str, int, int, bool]
 
@@ -73,7 +78,11 @@ def decode_dali(
     results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(infos)
     todo = []
     for k, info in enumerate(infos):
-        if info.codec not in supported:
+        if gpu and min(info.height, info.width) < NVDEC_MIN_SIZE.get(info.codec, 0):
+            results[k] = VideoDecodeError(
+                info.path, f"NVDEC decodes no {info.codec} under {NVDEC_MIN_SIZE[info.codec]} px"
+            )
+        elif info.codec not in supported:
             results[k] = VideoDecodeError(
                 info.path, unsupported_codec_reason(info.codec, "dali" if gpu else "dali-cpu")
             )
@@ -92,7 +101,40 @@ def decode_dali(
                     decoded.append(VideoDecodeError(infos[k].path, f"DALI failed to decode it ({e})"))
         for k, item in zip(todo, decoded, strict=True):
             results[k] = item
+    if gpu:
+        _retry_on_the_cpu(infos, frame_indices, results, size=size, crop=crop, device_id=device_id)
     return results  # type: ignore[return-value]
+
+
+def _retry_on_the_cpu(
+    infos: Sequence[VideoInfo],
+    frame_indices: Sequence[np.ndarray],
+    results: list[torch.Tensor | VideoDecodeError | None],
+    *,
+    size: int | None,
+    crop: int | None,
+    device_id: int,
+) -> None:
+    """Decodes on DALI's CPU graph, then copies to the GPU, the videos NVDEC refused or failed on
+    whose codec that graph takes. Beyond the sizes in `NVDEC_MIN_SIZE`, what NVDEC takes depends on
+    the GPU (an H100 has no MJPEG), so the rest is found by trying."""
+    failed = [
+        k
+        for k, item in enumerate(results)
+        if isinstance(item, VideoDecodeError)
+        and infos[k].codec in DALI_CPU_CODECS
+        and ("DALI failed" in item.reason or "NVDEC decodes no" in item.reason)
+    ]
+    if not failed:
+        return
+    retried = decode_dali(
+        [infos[k] for k in failed], [frame_indices[k] for k in failed], gpu=False, size=size, crop=crop
+    )
+    device = torch.device("cuda", device_id)
+    for k, item in zip(failed, retried, strict=True):
+        if isinstance(item, torch.Tensor):
+            # From page-locked memory, on the caller's current stream, like NVDEC's frames.
+            results[k] = item.pin_memory().to(device, non_blocking=True)
 
 
 def unsupported_codec_reason(codec: str, backend: str) -> str:

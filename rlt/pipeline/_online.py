@@ -139,14 +139,23 @@ def tokenize_clips(
         raise ValueError(f"num_frames={frames_BTHWC.shape[1]} is not a multiple of tubelet_size={rlt.tubelet_size}")
     device = frames_BTHWC.device
     return rlt.tokenize(frames_BTHWC).with_clips(
-        labels=torch.tensor(
-            [item.label for item in decoded for _ in range(len(item.clips) * views)], dtype=torch.int64, device=device
+        labels=_from_host(
+            torch.tensor([item.label for item in decoded for _ in range(len(item.clips) * views)], dtype=torch.int64),
+            device,
         ),
         videos=[item.video for item in decoded for _ in range(len(item.clips) * views)],
         clip_ids=[c.clip for c in clips],
-        frame_indices=torch.from_numpy(np.stack([c.frame_indices for c in clips])).to(device),
-        padded=torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in clips])).to(device),
+        frame_indices=_from_host(torch.from_numpy(np.stack([c.frame_indices for c in clips])), device),
+        padded=_from_host(torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in clips])), device),
     )
+
+
+def _from_host(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: to a GPU from page-locked memory, so the host does not wait for it
+    (a copy from pageable memory synchronises)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 class OnlinePipeline:

@@ -20,7 +20,7 @@ Shape legend:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -151,8 +151,20 @@ def _absdiff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _patch_scores(diff_BHWC: torch.Tensor, patch_size: int, weight_C: tuple[float, ...]) -> torch.Tensor:
     """Mean score per patch, float64 ``[B, h, w]``, from the uint8 absolute differences."""
+    sums_BhwC = _patch_sums(diff_BHWC, patch_size).to(torch.float64)
+    scores_Bhw = sums_BhwC[..., 0] * weight_C[0]
+    for channel in range(1, len(weight_C)):
+        scores_Bhw += sums_BhwC[..., channel] * weight_C[channel]
+    return scores_Bhw
+
+
+def _patch_sums(diff_BHWC: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Exact per-channel sums over each patch, int32 ``[B, h, w, C]``."""
     b, height, width, c = diff_BHWC.shape
     p, h, w = patch_size, height // patch_size, width // patch_size
+    if diff_BHWC.is_cuda:
+        # One reduction kernel: the CPU's tricks below would only add launches on a GPU.
+        return diff_BHWC.view(b, h, p, w, p, c).sum((2, 4), dtype=torch.int32)
     # Summing the p rows of a patch first adds contiguous runs of W*C bytes, which vectorises; the
     # p columns and C channels of each patch are then a small reduction.
     rows_RpX = diff_BHWC.view(b * h, p, width * c)
@@ -160,12 +172,7 @@ def _patch_scores(diff_BHWC: torch.Tensor, patch_size: int, weight_C: tuple[floa
         row_sums_RX = _sum_rows_swar(rows_RpX)
     else:
         row_sums_RX = rows_RpX.sum(1, dtype=torch.int32)
-    sums_BhwC = row_sums_RX.view(b, h, w, p, c).sum(3, dtype=torch.int32)
-    sums_BhwC = sums_BhwC.to(torch.float64)
-    scores_Bhw = sums_BhwC[..., 0] * weight_C[0]
-    for channel in range(1, len(weight_C)):
-        scores_Bhw += sums_BhwC[..., channel] * weight_C[channel]
-    return scores_Bhw
+    return row_sums_RX.view(b, h, w, p, c).sum(3, dtype=torch.int32)
 
 
 _LANES = 0x00FF00FF00FF00FF
@@ -186,11 +193,30 @@ def _sum_rows_swar(rows_RpX: torch.Tensor) -> torch.Tensor:
 
 
 def _keep_mask(
-    frames_BTHWC: torch.Tensor, ts: int, p: int, weight_C: tuple[float, ...], threshold: float, compare: Compare
+    frames_BTHWC: torch.Tensor,
+    ts: int,
+    p: int,
+    weight_C: tuple[float, ...],
+    threshold: float,
+    compare: Compare,
+    at_once: bool | None = None,
 ) -> torch.Tensor:
     b, t, height, width, c = frames_BTHWC.shape
     g, h, w = t // ts, height // p, width // p
     keep_BGhw = torch.ones((b, g, h, w), dtype=torch.bool, device=frames_BTHWC.device)
+    if at_once is None:
+        at_once = frames_BTHWC.is_cuda
+    if at_once and compare == "previous" and g > 1:
+        kernels = _kernels(frames_BTHWC)
+        if kernels is not None:
+            return kernels.keep_mask(frames_BTHWC, ts, p, weight_C, threshold)
+        # All tubelets at once, on a GPU: a few kernels over the whole batch instead of G - 1 steps
+        # of a dozen small launches each (there, the host's launches bound the loop below).
+        last_BGHWC = frames_BTHWC[:, 2 * ts - 1 :: ts]  # tubelet k's last frame, k = 1 .. G-1
+        ref_BGHWC = frames_BTHWC[:, : (g - 1) * ts : ts]  # tubelet k-1's first frame
+        diff_XHWC = _absdiff(last_BGHWC, ref_BGHWC).view(b * (g - 1), height, width, c)
+        keep_BGhw[:, 1:] = (_patch_scores(diff_XHWC, p, weight_C) > threshold).view(b, g - 1, h, w)
+        return keep_BGhw
     # The frame each patch is compared against. For "run_start" it is the first frame of the kept
     # tubelet that started the patch's current run; tubelet 0 starts every run.
     ref_BHWC = frames_BTHWC[:, 0]
@@ -209,6 +235,16 @@ def _keep_mask(
                 b, height, width, c
             )
     return keep_BGhw
+
+
+def _kernels(frames: torch.Tensor) -> Any:
+    """The Triton kernels (`_rlt_triton`) for CUDA frames where they can run, else None. Imported
+    here, on first use, so the CPU path never loads Triton."""
+    if not frames.is_cuda:
+        return None
+    from rlt.pipeline import _rlt_triton
+
+    return _rlt_triton if _rlt_triton.ENABLED else None
 
 
 def _random_like(keep_BGhw: torch.Tensor, seed: int) -> torch.Tensor:
@@ -252,18 +288,11 @@ def _pack(frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, ts: int, p: int) 
     b, t, height, width, c = frames_BTHWC.shape
     g, h, w = keep_BGhw.shape[1:]
     index_N4 = keep_BGhw.nonzero()  # row-major: clip, then (t, h, w)
-    clip_N, t_N, i_N, j_N = index_N4.unbind(1)
-    # One gather of the kept bytes; the permuted clip is never materialised. A token is ts * p runs
-    # of p*C contiguous bytes (one patch row of one frame); index_select copies whole runs, as
-    # 8-byte words where they tile, which is far faster than advanced indexing byte by byte.
-    runs_RX = _as_words(frames_BTHWC.view(b * t * height * w, p * c))
-    dt_1T1 = torch.arange(ts, device=index_N4.device).view(1, ts, 1)
-    dy_11P = torch.arange(p, device=index_N4.device).view(1, 1, p)
-    frame_NT1 = (clip_N * t + t_N * ts).view(-1, 1, 1) + dt_1T1
-    run_NTP = ((frame_NT1 * height + (i_N * p).view(-1, 1, 1) + dy_11P) * w) + j_N.view(-1, 1, 1)
-    tokens_ND = runs_RX.index_select(0, run_NTP.flatten()).view(torch.uint8).view(-1, ts * p * p * c)
-    # Indexed by the kept positions already found: a boolean mask would wait on the GPU again.
-    lengths_N = run_lengths(keep_BGhw)[clip_N, t_N, i_N, j_N]
+    kernels = _kernels(frames_BTHWC)
+    if kernels is not None:
+        tokens_ND, lengths_N = kernels.pack(frames_BTHWC, keep_BGhw, index_N4, ts, p)
+    else:
+        tokens_ND, lengths_N = _gather(frames_BTHWC, keep_BGhw, index_N4, ts, p)
     counts_B = keep_BGhw.flatten(1).sum(1)
     cu_seqlens = torch.zeros(b + 1, dtype=torch.int32, device=keep_BGhw.device)
     cu_seqlens[1:] = torch.cumsum(counts_B, 0)
@@ -276,3 +305,23 @@ def _pack(frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, ts: int, p: int) 
         tubelet_size=ts,
         patch_size=p,
     )
+
+
+def _gather(
+    frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, index_N4: torch.Tensor, ts: int, p: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept tokens, uint8 ``[N, ts*p*p*C]``, and their run lengths, int64 ``[N]``."""
+    b, t, height, width, c = frames_BTHWC.shape
+    w = keep_BGhw.shape[3]
+    clip_N, t_N, i_N, j_N = index_N4.unbind(1)
+    # One gather of the kept bytes; the permuted clip is never materialised. A token is ts * p runs
+    # of p*C contiguous bytes (one patch row of one frame); index_select copies whole runs, as
+    # 8-byte words where they tile, which is far faster than advanced indexing byte by byte.
+    runs_RX = _as_words(frames_BTHWC.view(b * t * height * w, p * c))
+    dt_1T1 = torch.arange(ts, device=index_N4.device).view(1, ts, 1)
+    dy_11P = torch.arange(p, device=index_N4.device).view(1, 1, p)
+    frame_NT1 = (clip_N * t + t_N * ts).view(-1, 1, 1) + dt_1T1
+    run_NTP = ((frame_NT1 * height + (i_N * p).view(-1, 1, 1) + dy_11P) * w) + j_N.view(-1, 1, 1)
+    tokens_ND = runs_RX.index_select(0, run_NTP.flatten()).view(torch.uint8).view(-1, ts * p * p * c)
+    # Indexed by the kept positions already found: a boolean mask would wait on the GPU again.
+    return tokens_ND, run_lengths(keep_BGhw)[clip_N, t_N, i_N, j_N]

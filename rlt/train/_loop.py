@@ -42,7 +42,7 @@ from rlt._checks import check_choice
 from rlt._lock import lock_output
 from rlt.dataset import open_atomic, remove_temporary_files
 from rlt.dataset._files import writing
-from rlt.pipeline import Backend, ClipSampling, FrameAugment, PackedTokens, RLTConfig
+from rlt.pipeline import Backend, ClipSampling, FrameAugment, PackedTokens, RLTConfig, concrete_device
 from rlt.train._augment import AugmentConfig, augment, crop_side
 from rlt.train._checkpoint import (
     list_checkpoints,
@@ -180,7 +180,9 @@ def train(
         resume: continue from the newest checkpoint in ``out/ckpt``. ``epochs``, ``max_steps``,
             ``num_workers`` and the checkpoint options may change; the rest must be the same.
         init: a VideoMAE-style state dict to start from (``head`` is skipped where its shape differs).
-        device: by default CUDA (this rank's GPU) when there is one, else the CPU.
+        device: by default CUDA (this rank's GPU) when there is one, else the CPU (``rlt-prep train``
+            trains on the CPU on a GPU machine with ``CUDA_VISIBLE_DEVICES=``). Under torchrun, one GPU a
+            process: more processes on a machine than its GPUs is a ValueError.
         show_progress: draw a progress bar on rank 0.
     """
     out = Path(out)
@@ -220,11 +222,14 @@ def _train(
             "a dataset's tokens are cropped with augment.crop (--crop)"
         )
 
-    # 1. Processes and device. torchrun sets WORLD_SIZE, RANK and LOCAL_RANK.
-    rank, world, local_rank = _init_distributed()
-    if device is None:
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    # 1. Processes and device. torchrun sets WORLD_SIZE, RANK, LOCAL_RANK and LOCAL_WORLD_SIZE. The device
+    # is checked before the process group starts, so that every rank of a torchrun with more processes
+    # than GPUs says so instead of waiting for the others, or failing on an invalid device ordinal.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
+    requested, device = device, _run_device(device, local_rank, world)
+    _check_device(device, requested, int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)) if world > 1 else 1)
+    rank, world = _init_distributed(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
@@ -553,13 +558,49 @@ def _micro_batches(
         source.set_epoch(epoch + 1)
 
 
-def _init_distributed() -> tuple[int, int, int]:
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """This process's rank and the world size; under torchrun, the process group, with NCCL for
+    GPUs and gloo for the CPU (NCCL cannot reduce CPU tensors: ``device="cpu"`` on a GPU machine)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, 0
+        return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _run_device(device: torch.device | str | None, local_rank: int, world: int) -> torch.device:
+    """The device this rank trains on, with its index (``torch.cuda.set_device`` needs one).
+
+    None is this rank's GPU, or the CPU without CUDA; a plain "cuda" is this rank's GPU under torchrun,
+    else the current one.
+    """
+    if device is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank) if world > 1 else concrete_device(device)
+    return device
+
+
+def _check_device(device: torch.device, requested: torch.device | str | None, local_world: int) -> None:
+    """Raises ValueError, saying what to do, where ``device`` is a GPU this machine does not have.
+
+    ``requested`` is the caller's choice (None, or a plain "cuda": each rank its own GPU), ``local_world``
+    the number of processes torchrun started on this machine (1 without torchrun).
+    """
+    if device.type != "cuda":
+        return
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        raise ValueError(f"training on {device} needs a CUDA GPU, and torch sees none; train on the CPU instead")
+    if (requested is None or torch.device(requested).index is None) and local_world > gpus:
+        raise ValueError(
+            f"torchrun started {local_world} processes on this machine, which has {gpus} GPU(s): one GPU a "
+            f"process, so use --nproc-per-node {gpus}, or hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on the CPU"
+        )
+    if device.index is not None and device.index >= gpus:
+        raise ValueError(f"there is no {device} on this machine, which has {gpus} GPU(s)")
 
 
 def _sum_over_ranks(values: list[Any], world: int, device: torch.device) -> list[float]:
