@@ -262,13 +262,13 @@ from rlt.pipeline import _rlt, _rlt_triton
 from tests.clips import KINDS, batch
 
 cases = [(2, 2, 4, 8, 2, 3, "normalized", 3), (3, 1, 5, 4, 2, 2, "normalized", 3), (1, 4, 3, 8, 1, 2, "pixel", 1),
-         (2, 2, 4, 16, 2, 2, "normalized", 3), (2, 3, 3, 4, 3, 1, "pixel", 4)]
+         (2, 2, 4, 16, 2, 2, "normalized", 3), (2, 3, 3, 4, 3, 1, "pixel", 4), (1, 1, 2, 2, 1, 1, "normalized", 3)]
 for n, (b, ts, g, p, h, w, units, c) in enumerate(cases):
     for kind in sorted(KINDS):
         clips = torch.from_numpy(batch([kind] * b, seed=n, t=ts * g, h=h * p, w=w * p))
         clips = (clips[..., :c] if c <= 3 else torch.cat([clips, clips[..., :1]], -1)).contiguous()
         weights = _rlt._channel_weights(clips, p, units)
-        for threshold in (0.0, 0.05, 0.1, 0.3, 2.0):
+        for threshold in (0.0, 5e-324, 0.05, 0.1, 0.3, 2.0):  # 5e-324: the float64 whose bits are 1
             keep = _rlt._keep_mask(clips, ts, p, weights, threshold, "previous", at_once=False)
             assert torch.equal(_rlt_triton.keep_mask(clips, ts, p, weights, threshold), keep), (n, kind, threshold)
             tokens, lengths = _rlt_triton.pack(clips, keep, keep.nonzero(), ts, p)

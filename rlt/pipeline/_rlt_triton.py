@@ -7,14 +7,16 @@ kernels compute exactly what `_rlt` does on the CPU: integer sums of ``|a - b|``
 channel, scaled and added in float64 in the same order, with no fused multiply-add, so a score on
 the threshold falls on the same side on both devices.
 
-`ENABLED` is False where Triton does not import (PyTorch's CUDA wheels bring it) or where
-``RLT_PREP_TRITON=0``; `_rlt` then uses its eager ops on the GPU too.
+`ENABLED` is False where Triton does not import (PyTorch's CUDA wheels bring it), where
+``RLT_PREP_TRITON=0``, or once a kernel failed to compile (with a warning saying why); `_rlt` then
+uses its eager ops on the GPU too, and the functions here return None.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import warnings
 from typing import Any
 
 import torch
@@ -37,41 +39,55 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _launch(kernel: Any, programs: int, *args: Any, **options: Any) -> bool:
+    """Runs ``kernel`` over ``programs`` programs; False, and the kernels off for good, where
+    Triton cannot compile it here (a Triton or a GPU the kernels were not tried with)."""
+    global ENABLED
+    try:
+        kernel[(programs,)](*args, **options)
+    except triton.CompilationError as e:
+        ENABLED = False
+        warnings.warn(f"rlt: the RLT stage's Triton kernels do not compile here, using torch ops: {e}", stacklevel=3)
+        return False
+    return True
+
+
 def keep_mask(
     frames_BTHWC: torch.Tensor, ts: int, p: int, weight_C: tuple[float, ...], threshold: float
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """`_rlt._keep_mask` with ``compare="previous"``: bool ``[B, G, h, w]``, tubelet 0 kept."""
     b, t, height, width, c = frames_BTHWC.shape
     g, h, w = t // ts, height // p, width // p
     keep_BGhw = torch.empty((b, g, h, w), dtype=torch.bool, device=frames_BTHWC.device)
-    if keep_BGhw.numel():
-        w0, w1, w2 = (weight_C + (weight_C[-1],) * 2)[:3]
-        _keep_kernel[(keep_BGhw.numel(),)](
-            frames_BTHWC,
-            keep_BGhw.view(torch.uint8),
-            _bits(threshold),
-            _bits(w0),
-            _bits(w1),
-            _bits(w2),
-            t,
-            height,
-            width,
-            g,
-            h,
-            w,
-            TS=ts,
-            P=p,
-            C=c,
-            BLOCK_R=_pow2(p),
-            BLOCK_X=_pow2(p * c),
-            enable_fp_fusion=False,
-        )
-    return keep_BGhw
+    w0, w1, w2 = (weight_C + (weight_C[-1],) * 2)[:3]
+    launched = not keep_BGhw.numel() or _launch(
+        _keep_kernel,
+        keep_BGhw.numel(),
+        frames_BTHWC,
+        keep_BGhw.view(torch.uint8),
+        _bits(threshold),
+        _bits(w0),
+        _bits(w1),
+        _bits(w2),
+        t,
+        height,
+        width,
+        g,
+        h,
+        w,
+        TS=ts,
+        P=p,
+        C=c,
+        BLOCK_R=_pow2(p),
+        BLOCK_X=_pow2(p * c),
+        enable_fp_fusion=False,
+    )
+    return keep_BGhw if launched else None
 
 
 def pack(
     frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, index_N4: torch.Tensor, ts: int, p: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The tokens at ``index_N4`` (``keep_BGhw.nonzero()``), uint8 ``[N, ts*p*p*C]`` laid out
     (t, y, x, c), and their run lengths, int64 ``[N]``."""
     b, t, height, width, c = frames_BTHWC.shape
@@ -79,55 +95,58 @@ def pack(
     n = index_N4.shape[0]
     tokens_ND = torch.empty((n, ts * p * p * c), dtype=torch.uint8, device=frames_BTHWC.device)
     lengths_N = torch.empty(n, dtype=torch.int64, device=frames_BTHWC.device)
-    if n:
-        _pack_kernel[(n,)](
-            frames_BTHWC,
-            keep_BGhw.view(torch.uint8),
-            index_N4.contiguous(),
-            tokens_ND,
-            lengths_N,
-            t,
-            height,
-            width,
-            g,
-            h,
-            w,
-            TS=ts,
-            P=p,
-            C=c,
-            BLOCK_R=_pow2(ts * p),
-            BLOCK_X=_pow2(p * c),
-            BLOCK_G=_pow2(g),
-        )
-    return tokens_ND, lengths_N
+    launched = not n or _launch(
+        _pack_kernel,
+        n,
+        frames_BTHWC,
+        keep_BGhw.view(torch.uint8),
+        index_N4.contiguous(),
+        tokens_ND,
+        lengths_N,
+        t,
+        height,
+        width,
+        g,
+        h,
+        w,
+        TS=ts,
+        P=p,
+        C=c,
+        BLOCK_R=_pow2(ts * p),
+        BLOCK_X=_pow2(p * c),
+        BLOCK_G=_pow2(g),
+    )
+    return (tokens_ND, lengths_N) if launched else None
 
 
 if triton is not None:
 
     @triton.jit
-    def _as_float64(bits: Any) -> Any:
-        return bits.to(tl.int64).to(tl.float64, bitcast=True)
+    def _as_float64(bits):
+        # tl.cast: an argument Triton specialised to a constant (the bits 1) is a Python int here.
+        return tl.cast(bits, tl.int64).to(tl.float64, bitcast=True)
 
-    @triton.jit
+    # Floats travel as their bits; never specialised, a threshold of 5e-324 (bits 1) is no constant.
+    @triton.jit(do_not_specialize=["threshold_bits", "w0_bits", "w1_bits", "w2_bits"])
     def _keep_kernel(
-        frames_ptr: Any,
-        keep_ptr: Any,
-        threshold_bits: Any,
-        w0_bits: Any,
-        w1_bits: Any,
-        w2_bits: Any,
-        T: Any,
-        H: Any,
-        W: Any,
-        G: Any,
-        h: Any,
-        w: Any,
+        frames_ptr,
+        keep_ptr,
+        threshold_bits,
+        w0_bits,
+        w1_bits,
+        w2_bits,
+        T,
+        H,
+        W,
+        G,
+        h,
+        w,
         TS: tl.constexpr,
         P: tl.constexpr,
         C: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK_X: tl.constexpr,
-    ) -> None:
+    ):
         # One program per (clip, tubelet, patch row, patch column), in keep's row-major order.
         pid = tl.program_id(0)
         j = pid % w
@@ -157,24 +176,24 @@ if triton is not None:
 
     @triton.jit
     def _pack_kernel(
-        frames_ptr: Any,
-        keep_ptr: Any,
-        index_ptr: Any,
-        tokens_ptr: Any,
-        lengths_ptr: Any,
-        T: Any,
-        H: Any,
-        W: Any,
-        G: Any,
-        h: Any,
-        w: Any,
+        frames_ptr,
+        keep_ptr,
+        index_ptr,
+        tokens_ptr,
+        lengths_ptr,
+        T,
+        H,
+        W,
+        G,
+        h,
+        w,
         TS: tl.constexpr,
         P: tl.constexpr,
         C: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK_X: tl.constexpr,
         BLOCK_G: tl.constexpr,
-    ) -> None:
+    ):
         # One program per kept token: its ts * p rows of p * C bytes, then its run length.
         n = tl.program_id(0).to(tl.int64)
         b = tl.load(index_ptr + n * 4)
