@@ -45,7 +45,7 @@ cuda() {
 
 bench() {
   python3 benchmarks/bench_gpu.py --out /tmp/bench_gpu --total-budget "${1:-540}" 2>&1 | tee "$OUT/bench_gpu.log" | tail -80
-  cp /tmp/bench_gpu/*.json /tmp/bench_gpu/*.md "$OUT/" 2>/dev/null
+  cp /tmp/bench_gpu/*.json /tmp/bench_gpu/*.md /tmp/bench_gpu/*.txt "$OUT/" 2>/dev/null
 }
 
 suite() {

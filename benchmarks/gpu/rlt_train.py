@@ -7,6 +7,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,6 +44,18 @@ def median_ms(ctx: Context, fn: Callable[[], object], repeats: int, warmup: int 
         fn()
         times.append(1e3 * (time.perf_counter() - started))
     return statistics.median(times)
+
+
+def profile_ops(ctx: Context, fn: Callable[[], object], path: Path, calls: int = 20) -> None:
+    """torch.profiler's table of ``fn``'s ops over ``calls`` calls (host and device time), to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        ctx.sync()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    path.write_text(f"{calls} calls\n{table}\n")
 
 
 def _kernels_in_use(ctx: Context) -> Any:
@@ -82,6 +95,8 @@ def section_rlt(rec: Recorder, ctx: Context) -> None:
             rec.figures["rlt_eager_ms"] = round(median_ms(ctx, lambda: run_length_tokenize(clips_BTHWC), repeats), 4)
         finally:
             kernels.ENABLED = True
+    if ctx.cuda:  # where the stage's time goes, op by op, for whoever makes it faster next
+        profile_ops(ctx, lambda: run_length_tokenize(clips_BTHWC), ctx.out / "rlt_profile.txt")
     rec.figures.update(
         batch=list(clips_BTHWC.shape),
         kept_ratio=round(packed.num_tokens / packed.dense_tokens, 4),
