@@ -218,6 +218,31 @@ def section_decode(rec: Recorder, ctx: Context) -> None:
                 if result is not None:
                     result["decoded_frames_per_s"] = round(result["clips_per_s"] * per_clip, 1)
                     result["utilisation"] = ctx.sampler.window(*result["window"])
+            for reader in DALI_READERS:
+                key = "dali_" + reader.replace(".", "_")
+                try:
+                    pipe = reader_pipeline(ctx, reader, items, READER_BATCH)
+                    # Its first clip against rlt's: the same frames, resized a little differently.
+                    (video,) = pipe.run()
+                    mine = decode_224([items[0][0]], [items[0][1]], ctx.dali, [items[0][2]])[0]
+                    theirs = torch.from_dlpack(video[0]).to(mine.device)
+                    same_shape = theirs.shape == mine.shape
+                    diff = (theirs.float() - mine.float()).abs().mean().item() if same_shape else None
+                except Exception as e:  # an experiment: a reader DALI refuses here costs nothing else
+                    fig[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
+                    continue
+                run = functools.partial(reader_pass, ctx, pipe, len(items), READER_BATCH)
+                what = f"{resolution}: DALI fn.{reader}, {READER_BATCH} clips per batch (experiment)"
+                try:
+                    result = measure(fig, key, what, run)
+                except Exception as e:
+                    fig[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
+                    continue
+                if result is not None:
+                    result["decoded_frames_per_s"] = round(result["clips_per_s"] * per_clip, 1)
+                    result["utilisation"] = ctx.sampler.window(*result["window"])
+                    result["first_clip_mean_abs_diff_to_rlt"] = None if diff is None else round(diff, 2)
+                del pipe
             for result in fig.values():
                 if isinstance(result, dict):
                     result.pop("window", None)
@@ -226,6 +251,64 @@ def section_decode(rec: Recorder, ctx: Context) -> None:
     finally:
         for pool, _ in pools.values():
             pool.shutdown(cancel_futures=True)
+
+
+# DALI's readers, which own their files and keep decoders between samples, against the per-sample
+# `fn.decoders.video` that rlt uses: each clip as a file-list entry of exactly one 16x4 sequence. An
+# experiment for the next decoder of the GPU path, outside the goals. fn.readers.video is GPU-only.
+DALI_READERS = ("readers.video", "experimental.readers.video")
+READER_BATCH = 16
+
+
+def reader_pipeline(ctx: Context, reader: str, items: list[Clip], batch: int) -> Any:
+    """A built DALI pipeline reading ``items``' clips with ``fn.<reader>``, resized and cropped to 224."""
+    import nvidia.dali as dali
+    from nvidia.dali import fn, types
+
+    if reader == "readers.video" and not ctx.cuda:
+        raise RuntimeError("fn.readers.video runs on the GPU only")
+    span = int(items[0][1][-1] - items[0][1][0])
+    stride = int(items[0][1][1] - items[0][1][0])
+    lines = [f"{path} 0 {int(ix[0])} {int(ix[0]) + span + stride}\n" for path, ix, _ in items]
+    file_list = ctx.out / f"file_list_{len(items)}.txt"
+    file_list.write_text("".join(lines))
+    common = {
+        "file_list": str(file_list),
+        "sequence_length": len(items[0][1]),
+        "stride": stride,
+        "step": span + stride,  # one sequence an entry
+        "random_shuffle": False,
+        "pad_last_batch": True,
+        "name": "reader",
+    }
+    if reader == "readers.video":
+        options = {**common, "file_list_frame_num": True, "device": "gpu"}
+    else:
+        options = {**common, "file_list_format": "frames", "device": "gpu" if ctx.cuda else "cpu"}
+
+    @dali.pipeline_def(
+        batch_size=batch,
+        num_threads=min(batch, os.cpu_count() or 1),
+        device_id=torch.cuda.current_device() if ctx.cuda else None,
+        prefetch_queue_depth=2,
+    )
+    def pipeline() -> Any:
+        op = fn.readers.video if reader == "readers.video" else fn.experimental.readers.video
+        video, _ = op(**options)
+        video = fn.resize(video, resize_shorter=CROP, antialias=True, interp_type=types.INTERP_LINEAR)
+        return fn.crop(video, crop=(CROP, CROP))
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe
+
+
+def reader_pass(ctx: Context, pipe: Any, clips: int, batch: int) -> None:
+    """One epoch of the reader's clips, handed to torch as `decode_224` hands them."""
+    for _ in range(-(-clips // batch)):
+        (video,) = pipe.run()
+        [torch.from_dlpack(video[i]).clone() for i in range(len(video))]
+    ctx.sync()
 
 
 def dali_goals(rec: Recorder, ctx: Context, resolution: str, pixels: int) -> None:
