@@ -203,14 +203,14 @@ def _keep_mask(
 ) -> torch.Tensor:
     b, t, height, width, c = frames_BTHWC.shape
     g, h, w = t // ts, height // p, width // p
-    keep_BGhw = torch.ones((b, g, h, w), dtype=torch.bool, device=frames_BTHWC.device)
-    if at_once is None:
-        at_once = frames_BTHWC.is_cuda
-    if at_once and compare == "previous" and g > 1:
+    at_once = (frames_BTHWC.is_cuda if at_once is None else at_once) and compare == "previous" and g > 1
+    if at_once:
         kernels = _kernels(frames_BTHWC)
         on_gpu = kernels.keep_mask(frames_BTHWC, ts, p, weight_C, threshold) if kernels is not None else None
         if on_gpu is not None:
             return on_gpu
+    keep_BGhw = torch.ones((b, g, h, w), dtype=torch.bool, device=frames_BTHWC.device)
+    if at_once:
         # All tubelets at once, on a GPU: a few kernels over the whole batch instead of G - 1 steps
         # of a dozen small launches each (there, the host's launches bound the loop below).
         last_BGHWC = frames_BTHWC[:, 2 * ts - 1 :: ts]  # tubelet k's last frame, k = 1 .. G-1
@@ -291,10 +291,13 @@ def _pack(frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, ts: int, p: int) 
     index_N4 = keep_BGhw.nonzero()  # row-major: clip, then (t, h, w)
     kernels = _kernels(frames_BTHWC)
     packed = kernels.pack(frames_BTHWC, keep_BGhw, index_N4, ts, p) if kernels is not None else None
-    tokens_ND, lengths_N = packed if packed is not None else _gather(frames_BTHWC, keep_BGhw, index_N4, ts, p)
-    counts_B = keep_BGhw.flatten(1).sum(1)
-    cu_seqlens = torch.zeros(b + 1, dtype=torch.int32, device=keep_BGhw.device)
-    cu_seqlens[1:] = torch.cumsum(counts_B, 0)
+    if packed is not None:
+        tokens_ND, lengths_N, cu_seqlens = packed
+    else:
+        tokens_ND, lengths_N = _gather(frames_BTHWC, keep_BGhw, index_N4, ts, p)
+        counts_B = keep_BGhw.flatten(1).sum(1)
+        cu_seqlens = torch.zeros(b + 1, dtype=torch.int32, device=keep_BGhw.device)
+        cu_seqlens[1:] = torch.cumsum(counts_B, 0)
     return PackedTokens(
         tokens=tokens_ND,
         positions=index_N4[:, 1:],

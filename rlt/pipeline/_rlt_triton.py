@@ -87,15 +87,19 @@ def keep_mask(
 
 def pack(
     frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, index_N4: torch.Tensor, ts: int, p: int
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The tokens at ``index_N4`` (``keep_BGhw.nonzero()``), uint8 ``[N, ts*p*p*C]`` laid out
-    (t, y, x, c), and their run lengths, int64 ``[N]``."""
+    (t, y, x, c), their run lengths, int64 ``[N]``, and ``cu_seqlens``, int32 ``[B+1]``: every clip
+    keeps its tubelet 0, so each clip's last token writes where the clip ends."""
     b, t, height, width, c = frames_BTHWC.shape
     g, h, w = keep_BGhw.shape[1:]
     n = index_N4.shape[0]
     tokens_ND = torch.empty((n, ts * p * p * c), dtype=torch.uint8, device=frames_BTHWC.device)
     lengths_N = torch.empty(n, dtype=torch.int64, device=frames_BTHWC.device)
-    launched = not n or _launch(
+    cu_seqlens = torch.empty(b + 1, dtype=torch.int32, device=frames_BTHWC.device)
+    if not n:
+        return None  # no clips: the eager path makes the empty batch
+    launched = _launch(
         _pack_kernel,
         n,
         frames_BTHWC,
@@ -103,6 +107,8 @@ def pack(
         index_N4.contiguous(),
         tokens_ND,
         lengths_N,
+        cu_seqlens,
+        n,
         t,
         height,
         width,
@@ -116,7 +122,7 @@ def pack(
         BLOCK_X=_pow2(p * c),
         BLOCK_G=_pow2(g),
     )
-    return (tokens_ND, lengths_N) if launched else None
+    return (tokens_ND, lengths_N, cu_seqlens) if launched else None
 
 
 if triton is not None:
@@ -181,6 +187,8 @@ if triton is not None:
         index_ptr,
         tokens_ptr,
         lengths_ptr,
+        cu_seqlens_ptr,
+        N,
         T,
         H,
         W,
@@ -211,3 +219,7 @@ if triton is not None:
         kept = tl.load(keep_ptr + ((b * G + later) * h + i) * w + j, mask=(later > t) & (later < G), other=0)
         following = tl.min(tl.where(kept != 0, later, G), axis=0)
         tl.store(lengths_ptr + n, following - t)
+        # A clip's last token (the next one is another clip's, or there is none) writes its end.
+        next_clip = tl.load(index_ptr + (n + 1) * 4, mask=n + 1 < N, other=-1)
+        tl.store(cu_seqlens_ptr + b + 1, (n + 1).to(tl.int32), mask=next_clip != b)
+        tl.store(cu_seqlens_ptr, (n * 0).to(tl.int32), mask=n == 0)  # and the first token, the start
