@@ -86,6 +86,21 @@ def test_same_batches_whatever_the_number_of_workers(dataset: Path) -> None:
     assert runs[0] == runs[1] == runs[2]
 
 
+def test_workers_from_the_forkserver_give_the_same_batches(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where CUDA is there, an epoch's workers are forks of a clean server (forkserver), not spawned
+    anew: the batches are the same, epoch after epoch."""
+    from rlt.train import _loader
+
+    assert _loader._worker_context(2, cuda=False) is None and _loader._worker_context(0, cuda=True) is None
+    assert _loader._worker_context(2, cuda=True).get_start_method() == "forkserver"
+    in_process = TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=3))
+    epochs = [keys(list(in_process)), keys(list(in_process))]
+    real = _loader._worker_context
+    monkeypatch.setattr(_loader, "_worker_context", lambda workers, cuda: real(workers, True))
+    loader = TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=3), num_workers=2)
+    assert [keys(list(loader)), keys(list(loader))] == epochs and epochs[0] != epochs[1]
+
+
 def test_order_is_a_pure_function_of_seed_and_epoch(dataset: Path) -> None:
     def order(seed: int, epoch: int) -> list[int]:
         stream = TokenStream(dataset, max_tokens=MAX_TOKENS, seed=seed, shuffle_buffer=4)
