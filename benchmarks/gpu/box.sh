@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu/box.sh bench [S]  # benchmarks/bench_gpu.py, fitted into S seconds (default 540)
 #   bash benchmarks/gpu/box.sh suite      # the rest of the suite (pytest-xdist when staged)
 #   TESTS="tests/a.py::t ..." bash benchmarks/gpu/box.sh tests   # just these tests
+#   bash benchmarks/gpu/box.sh remote     # bench_remote_loader.py on rclone's S3 API, all cores (issue 14)
 #
 # Several steps may be given in one call: `box.sh install cuda`.
 set -uo pipefail
@@ -61,6 +62,11 @@ tests() {
     --junitxml "$OUT/some_tests.xml" 2>&1 | tee "$OUT/some_tests.log" | tail -40
 }
 
+remote() {
+  python3 benchmarks/bench_remote_loader.py --server rclone --json "$OUT/remote_loader_rclone_$(nproc)core.json" \
+    2>&1 | tee "$OUT/remote_loader.log" | tail -30
+}
+
 for step in "$@"; do
   case "$step" in
     copy) ls /tmp/w | wc -l ;;
@@ -69,6 +75,7 @@ for step in "$@"; do
     bench) bench "${BENCH_BUDGET:-540}" ;;
     suite) suite ;;
     tests) tests ;;
+    remote) remote ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
