@@ -76,7 +76,7 @@ def decode_dali(
         return []
     supported = DALI_GPU_CODECS if gpu else DALI_CPU_CODECS
     results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(infos)
-    todo = []
+    todo, unsupported = [], set()
     for k, info in enumerate(infos):
         if gpu and min(info.height, info.width) < NVDEC_MIN_SIZE.get(info.codec, 0):
             results[k] = VideoDecodeError(
@@ -86,6 +86,7 @@ def decode_dali(
             results[k] = VideoDecodeError(
                 info.path, unsupported_codec_reason(info.codec, "dali" if gpu else "dali-cpu")
             )
+            unsupported.add(k)
         else:  # indices were checked against the probed frame count by the caller, `decode_batch`
             todo.append(k)
     if todo:
@@ -102,11 +103,19 @@ def decode_dali(
         for k, item in zip(todo, decoded, strict=True):
             results[k] = item
     if gpu:
-        _retry_on_the_cpu(infos, frame_indices, results, size=size, crop=crop, device_id=device_id)
+        # What NVDEC refused or failed on, where DALI's CPU graph takes the codec. Beyond the sizes in
+        # `NVDEC_MIN_SIZE`, what NVDEC takes depends on the GPU (an H100 has no MJPEG): found by trying.
+        cpu = [
+            k
+            for k, item in enumerate(results)
+            if isinstance(item, VideoDecodeError) and infos[k].codec in DALI_CPU_CODECS and k not in unsupported
+        ]
+        _decode_on_the_cpu(cpu, infos, frame_indices, results, size=size, crop=crop, device_id=device_id)
     return results  # type: ignore[return-value]
 
 
-def _retry_on_the_cpu(
+def _decode_on_the_cpu(
+    which: list[int],
     infos: Sequence[VideoInfo],
     frame_indices: Sequence[np.ndarray],
     results: list[torch.Tensor | VideoDecodeError | None],
@@ -115,26 +124,14 @@ def _retry_on_the_cpu(
     crop: int | None,
     device_id: int,
 ) -> None:
-    """Decodes on DALI's CPU graph, then copies to the GPU, the videos NVDEC refused or failed on
-    whose codec that graph takes. Beyond the sizes in `NVDEC_MIN_SIZE`, what NVDEC takes depends on
-    the GPU (an H100 has no MJPEG), so the rest is found by trying."""
-    failed = [
-        k
-        for k, item in enumerate(results)
-        if isinstance(item, VideoDecodeError)
-        and infos[k].codec in DALI_CPU_CODECS
-        and ("DALI failed" in item.reason or "NVDEC decodes no" in item.reason)
-    ]
-    if not failed:
+    """Decodes videos ``which`` on DALI's CPU graph into ``results``, copied to ``cuda:device_id``
+    from page-locked memory on the caller's current stream, like NVDEC's frames."""
+    if not which:
         return
-    retried = decode_dali(
-        [infos[k] for k in failed], [frame_indices[k] for k in failed], gpu=False, size=size, crop=crop
-    )
+    decoded = decode_dali([infos[k] for k in which], [frame_indices[k] for k in which], gpu=False, size=size, crop=crop)
     device = torch.device("cuda", device_id)
-    for k, item in zip(failed, retried, strict=True):
-        if isinstance(item, torch.Tensor):
-            # From page-locked memory, on the caller's current stream, like NVDEC's frames.
-            results[k] = item.pin_memory().to(device, non_blocking=True)
+    for k, item in zip(which, decoded, strict=True):
+        results[k] = item.pin_memory().to(device, non_blocking=True) if isinstance(item, torch.Tensor) else item
 
 
 def unsupported_codec_reason(codec: str, backend: str) -> str:
