@@ -1,5 +1,5 @@
 """The RLT stage on a GPU in two Triton kernels: the keep mask of every tubelet of a batch in one
-launch, then the kept tokens with their run lengths in another.
+launch, then the kept tokens with their run lengths and the clips' ``cu_seqlens`` in another.
 
 `_rlt`'s eager PyTorch ops do the same work in ~40 launches, and on a GPU it is the host issuing
 them, not the memory traffic, that bounds the stage (`benchmarks/bench_gpu.py`, section rlt). The
