@@ -286,8 +286,7 @@ def _as_words(runs_RX: torch.Tensor) -> torch.Tensor:
 
 
 def _pack(frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, ts: int, p: int) -> PackedTokens:
-    b, t, height, width, c = frames_BTHWC.shape
-    g, h, w = keep_BGhw.shape[1:]
+    b = frames_BTHWC.shape[0]
     index_N4 = keep_BGhw.nonzero()  # row-major: clip, then (t, h, w)
     kernels = _kernels(frames_BTHWC)
     packed = kernels.pack(frames_BTHWC, keep_BGhw, index_N4, ts, p) if kernels is not None else None
