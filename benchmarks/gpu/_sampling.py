@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -175,6 +176,10 @@ def machine_info(cuda: bool) -> dict[str, Any]:
         "platform": platform.platform(),
         "versions": versions(),
         "git_commit": _run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        # The code itself, for a copy of the tree whose git metadata may be stale (the GPU box's was):
+        # `python -c "from benchmarks.gpu._sampling import source_digest; print(source_digest())"` at a
+        # commit tells whether it is the code that ran.
+        "source_digest": source_digest(),
         "torch_cuda": torch.version.cuda,
     }
     if cuda:
@@ -195,6 +200,14 @@ def nvdec_engines(name: str) -> int | None:
         if model in name:
             return engines
     return None
+
+
+def source_digest() -> str:
+    """SHA-256 (first 16 hex digits) of rlt/'s and benchmarks/'s Python files, paths and bytes."""
+    digest = hashlib.sha256()
+    for path in sorted([*REPO.glob("rlt/**/*.py"), *REPO.glob("benchmarks/**/*.py")]):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _run(cmd: list[str], timeout: float = 30) -> str | None:
