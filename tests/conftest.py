@@ -19,6 +19,15 @@ pytest_plugins = ("tests.s3",)
 CUDA = torch.cuda.is_available()
 FAIL_WITHOUT_CUDA = os.environ.get("FAIL_WITHOUT_CUDA", "") not in ("", "0")
 
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process of a test: this checkout first on PYTHONPATH, then the
+    paths already there (where packages may be installed, as on the GPU box), and ``extra``."""
+    checkout = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (checkout, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 # Parametrize a test body over the devices: `@pytest.mark.parametrize("device", DEVICES)`.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda)]
 

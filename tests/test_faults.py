@@ -21,6 +21,7 @@ import pytest
 
 from rlt.samples import make_samples
 from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
+from tests.conftest import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the shim is an LD_PRELOAD library for glibc")
@@ -63,11 +64,8 @@ def sweep(shim: Path, work: Path, args: list[str], again: list[str], keep: list[
     }
     (work / "spec.json").write_text(json.dumps(spec))
     # On the CPU on a GPU machine too: the runs are forks of a process whose warm-up ran the command,
-    # and CUDA cannot be used again in a forked child. The paths already on PYTHONPATH are kept (where
-    # packages may be installed).
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "LD_PRELOAD": str(shim), "RLT_PREP_CACHE": str(work / "cache"), "PYTHONPATH": path}
-    env["CUDA_VISIBLE_DEVICES"] = ""
+    # and CUDA cannot be used again in a forked child.
+    env = child_env(LD_PRELOAD=str(shim), RLT_PREP_CACHE=str(work / "cache"), CUDA_VISIBLE_DEVICES="")
     subprocess.run(
         [sys.executable, "-m", "tests.fault_driver", str(work / "spec.json")], env=env, check=True, timeout=600
     )

@@ -14,6 +14,7 @@ import pytest
 from rlt.pipeline import ClipSampling, read_manifest
 from rlt.samples import make_samples
 from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
+from tests.conftest import child_env
 from tests.s3 import S3
 
 SMALL = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
@@ -76,9 +77,7 @@ def test_a_job_killed_while_publishing_resumes_to_the_same_objects(tmp_path: Pat
     command = [sys.executable, "-m", "rlt", "tokenize", str(samples), url, "--shard-size", "1",
                "--num-frames", "8", "--frame-interval", "2", "--clips-per-video", "2", "--size", "64",
                "--backend", "decord", "--workers", "1"]  # fmt: skip
-    # This checkout first, then the paths already on PYTHONPATH (where packages may be installed).
-    path = os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path}
+    env = child_env()
     for kill_after in (1, 3):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 240

@@ -32,6 +32,7 @@ from rlt.train import (
     tiny,
     train,
 )
+from tests.conftest import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLING = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
@@ -92,10 +93,8 @@ def cli(*args: str) -> list[str]:
 
 def cpu_env() -> dict[str, str]:
     """The environment of a `rlt-prep train` that runs on the CPU, with one thread, on a GPU machine
-    too (losses equal step for step, gloo for DDP); this checkout first on the PYTHONPATH, before
-    the paths already on it (where packages may be installed)."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": ""}
+    too (losses equal step for step, gloo for DDP)."""
+    return child_env(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
 
 
 def test_tiny_learns_the_direction_of_motion(tmp_path: Path, direction: dict[str, Path]) -> None:
