@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu/box.sh copy       # calls 1..N, one staged .gpu/cK folder carried per call
 #   bash benchmarks/gpu/box.sh install    # with the last folder: reassemble, install into /tmp/site, versions
 #   bash benchmarks/gpu/box.sh cuda       # the needs_cuda tests, FAIL_WITHOUT_CUDA=1
-#   bash benchmarks/gpu/box.sh bench [S]  # benchmarks/bench_gpu.py, fitted into S seconds (default 540)
+#   BENCH_BUDGET=S bash benchmarks/gpu/box.sh bench   # benchmarks/bench_gpu.py in S seconds (default 540)
 #   bash benchmarks/gpu/box.sh suite      # the rest of the suite (pytest-xdist when staged)
 #   TESTS="tests/a.py::t ..." bash benchmarks/gpu/box.sh tests   # just these tests
 #   bash benchmarks/gpu/box.sh remote     # bench_remote_loader.py on rclone's S3 API, all cores (issue 14)
@@ -23,7 +23,7 @@ install() {
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/w/*.whl 2>&1 | tail -5
   {
     nvidia-smi
-    nvidia-smi --query-gpu=name,driver_version,clocks.max.video,memory.total --format=csv
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     python3 - <<'PY'
 import platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
