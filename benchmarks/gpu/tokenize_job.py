@@ -39,11 +39,9 @@ def section_tokenize(rec: Recorder, ctx: Context) -> None:
             rec.figures["ray_resources"] = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
             # DALI tasks ask for the job's default GPU share, then for 1/cores of it (a task on every
             # core, all on the one GPU); decord tasks for none, so every core runs one.
-            runs = (
-                (ctx.dali, ctx.dali, None),
-                ("decord", "decord", 0.0),
-                (f"{ctx.dali}_all_cores", ctx.dali, 1 / cores),
-            )
+            runs = [(ctx.dali, ctx.dali, None), ("decord", "decord", 0.0)]
+            if ctx.cuda:  # a GPU share needs a GPU
+                runs.append((f"{ctx.dali}_all_cores", ctx.dali, 1 / cores))
             for key, backend, gpus_per_task in runs:
                 if rec.over_budget():
                     rec.skip(f"tokenize with {key}")
@@ -66,15 +64,10 @@ def section_tokenize(rec: Recorder, ctx: Context) -> None:
                     "ray_workers_warm": warm,
                 }
                 rec.save()
-            if ctx.dali in rec.figures and "decord" in rec.figures:
-                value = ratio(rec.figures[ctx.dali]["videos_per_s"], rec.figures["decord"]["videos_per_s"])
-                rec.figures["dali_over_decord_videos_per_s"] = value
-                log(f"  tokenize: {ctx.dali} / decord on all cores = {value}x (no goal set)")
-            if f"{ctx.dali}_all_cores" in rec.figures and "decord" in rec.figures:
-                value = ratio(
-                    rec.figures[f"{ctx.dali}_all_cores"]["videos_per_s"], rec.figures["decord"]["videos_per_s"]
-                )
-                rec.figures["dali_all_cores_over_decord_videos_per_s"] = value
-                log(f"  tokenize: {ctx.dali} with a task on every core / decord = {value}x (no goal set)")
+            for key, what in ((ctx.dali, ""), (f"{ctx.dali}_all_cores", " with a task on every core")):
+                if key in rec.figures and "decord" in rec.figures:
+                    value = ratio(rec.figures[key]["videos_per_s"], rec.figures["decord"]["videos_per_s"])
+                    rec.figures[f"{key.replace(ctx.dali, 'dali')}_over_decord_videos_per_s"] = value
+                    log(f"  tokenize: {ctx.dali}{what} / decord on all cores = {value}x (no goal set)")
         finally:
             ray.shutdown()
