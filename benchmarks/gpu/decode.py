@@ -220,6 +220,7 @@ def section_decode(rec: Recorder, ctx: Context) -> None:
                     result["utilisation"] = ctx.sampler.window(*result["window"])
             for reader in DALI_READERS:
                 key = "dali_" + reader.replace(".", "_")
+                what = f"{resolution}: DALI fn.{reader}, {READER_BATCH} clips per batch (experiment)"
                 try:
                     pipe = reader_pipeline(ctx, reader, items, READER_BATCH)
                     # Its first clip against rlt's: the same frames, resized a little differently.
@@ -228,14 +229,10 @@ def section_decode(rec: Recorder, ctx: Context) -> None:
                     theirs = torch.from_dlpack(video[0]).to(mine.device)
                     same_shape = theirs.shape == mine.shape
                     diff = (theirs.float() - mine.float()).abs().mean().item() if same_shape else None
+                    result = measure(
+                        fig, key, what, functools.partial(reader_pass, ctx, pipe, len(items), READER_BATCH)
+                    )
                 except Exception as e:  # an experiment: a reader DALI refuses here costs nothing else
-                    fig[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
-                    continue
-                run = functools.partial(reader_pass, ctx, pipe, len(items), READER_BATCH)
-                what = f"{resolution}: DALI fn.{reader}, {READER_BATCH} clips per batch (experiment)"
-                try:
-                    result = measure(fig, key, what, run)
-                except Exception as e:
                     fig[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
                     continue
                 if result is not None:
