@@ -229,7 +229,7 @@ def _train(
     local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
     requested, device = device, _run_device(device, local_rank, world)
     _check_device(device, requested, int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)) if world > 1 else 1)
-    rank, world = _init_distributed(device)
+    rank, world = _init_distributed(device, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
@@ -558,10 +558,10 @@ def _micro_batches(
         source.set_epoch(epoch + 1)
 
 
-def _init_distributed(device: torch.device) -> tuple[int, int]:
-    """This process's rank and the world size; under torchrun, the process group, with NCCL for
-    GPUs and gloo for the CPU (NCCL cannot reduce CPU tensors: ``device="cpu"`` on a GPU machine)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def _init_distributed(device: torch.device, world: int) -> tuple[int, int]:
+    """This process's rank and the world size (torchrun's WORLD_SIZE, ``world``); under torchrun, the
+    process group, with NCCL for GPUs and gloo for the CPU (NCCL cannot reduce CPU tensors:
+    ``device="cpu"`` on a GPU machine)."""
     if world <= 1:
         return 0, 1
     if not dist.is_initialized():
