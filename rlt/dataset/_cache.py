@@ -409,7 +409,9 @@ def evict(limit: int, *, keep: Path | None = None) -> int:
 
 def _key(kind: Kind, expected: str) -> str:
     """What a check of a copy is recorded under: a whole copy's is `verify_shard`'s own record."""
-    return expected if kind == "shards" else f"{expected} metadata" if kind == "meta" else f"{expected} {kind}"
+    if kind == "shards":
+        return expected
+    return f"{expected} {'metadata' if kind == 'meta' else kind}"
 
 
 def _is_pixels(path: str) -> bool:

@@ -209,6 +209,7 @@ class TokenDataset:
         self._unpack = unpack and self.storage == "zarr" and "tokens" in self.columns and (verify or self.remote)
         self._cache_limit = cache_limit
         self._unpacked: dict[int, IO[bytes]] = {}  # the locks that keep unpacked copies in the cache
+        self._unpack_home: tuple[Path, int] | None = None
         # A local dataset's checks of the shards the reader comes to next, hashed on a thread
         # meanwhile (see `prefetch`).
         self._checks: dict[int, Future[list[list[Any]] | None]] = {}
@@ -306,10 +307,12 @@ class TokenDataset:
             except Exception as e:  # zarr's codecs raise their own types
                 raise CorruptShardError(where, f"its tokens cannot be unpacked ({type(e).__name__}: {e})") from e
 
-        if self._remote is not None:
-            local, limit = mirror(self._remote.url), self._remote.limit
-        else:
-            local, limit = mirror(Path(self.root).resolve().as_uri()), cache_limit_bytes(self._cache_limit)
+        if self._unpack_home is None:  # the dataset's mirror folder in the cache, and the cache's limit
+            if self._remote is not None:
+                self._unpack_home = mirror(self._remote.url), self._remote.limit
+            else:
+                self._unpack_home = mirror(Path(self.root).resolve().as_uri()), cache_limit_bytes(self._cache_limit)
+        local, limit = self._unpack_home
         return cached_copy(local, "unpacked", info.name, info.checksum, limit, unpack)
 
     def _prepare(self, k: int, folder: Path) -> list[list[Any]] | None:
