@@ -161,7 +161,9 @@ if triton is not None:
         b = (pid // (w * h * G)).to(tl.int64)
         rows = tl.arange(0, BLOCK_R)[:, None]
         cols = tl.arange(0, BLOCK_X)[None, :]  # x * C + c within the patch row
-        mask = (rows < P) & (cols < P * C) & (k > 0)
+        # No rows for tubelet 0, which is kept (a bound on the rows: Triton 3.9's interpreter takes no
+        # scalar in a block's mask).
+        mask = (rows < tl.where(k > 0, P, 0)) & (cols < P * C)
         within = rows * (W * C) + cols
         last = (((b * T + k * TS + TS - 1) * H + i * P) * W + j * P) * C
         ref = (((b * T + (k - 1) * TS) * H + i * P) * W + j * P) * C
