@@ -271,10 +271,16 @@ for n, (b, ts, g, p, h, w, units, c) in enumerate(cases):
         for threshold in (0.0, 5e-324, 0.05, 0.1, 0.3, 2.0):  # 5e-324: the float64 whose bits are 1
             keep = _rlt._keep_mask(clips, ts, p, weights, threshold, "previous", at_once=False)
             assert torch.equal(_rlt_triton.keep_mask(clips, ts, p, weights, threshold), keep), (n, kind, threshold)
-            tokens, lengths, cu_seqlens = _rlt_triton.pack(clips, keep, keep.nonzero(), ts, p)
+            packed = _rlt_triton.pack(clips, keep, ts, p)
             expected = _rlt._pack(clips, keep, ts, p)
-            assert torch.equal(tokens, expected.tokens) and torch.equal(lengths, expected.lengths), (n, kind)
-            assert torch.equal(cu_seqlens, expected.cu_seqlens), (n, kind)
+            for name, value in zip(("tokens", "positions", "lengths", "cu_seqlens"), packed):
+                assert torch.equal(value, getattr(expected, name)), (n, kind, threshold, name)
+        # Any mask packs alike (the random drop policy's; here some clips keep nothing at all).
+        keep = torch.rand(keep.shape, generator=torch.Generator().manual_seed(n)) < 0.4
+        packed = _rlt_triton.pack(clips, keep, ts, p)
+        expected = _rlt._pack(clips, keep, ts, p)
+        for name, value in zip(("tokens", "positions", "lengths", "cu_seqlens"), packed):
+            assert torch.equal(value, getattr(expected, name)), (n, kind, name)
 print("triton kernels agree")
 """
 

@@ -286,20 +286,20 @@ def _as_words(runs_RX: torch.Tensor) -> torch.Tensor:
 
 
 def _pack(frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, ts: int, p: int) -> PackedTokens:
-    b = frames_BTHWC.shape[0]
-    index_N4 = keep_BGhw.nonzero()  # row-major: clip, then (t, h, w)
     kernels = _kernels(frames_BTHWC)
-    packed = kernels.pack(frames_BTHWC, keep_BGhw, index_N4, ts, p) if kernels is not None else None
+    packed = kernels.pack(frames_BTHWC, keep_BGhw, ts, p) if kernels is not None else None
     if packed is not None:
-        tokens_ND, lengths_N, cu_seqlens = packed
+        tokens_ND, positions_N3, lengths_N, cu_seqlens = packed
     else:
+        index_N4 = keep_BGhw.nonzero()  # row-major: clip, then (t, h, w)
         tokens_ND, lengths_N = _gather(frames_BTHWC, keep_BGhw, index_N4, ts, p)
+        positions_N3 = index_N4[:, 1:]
         counts_B = keep_BGhw.flatten(1).sum(1)
-        cu_seqlens = torch.zeros(b + 1, dtype=torch.int32, device=keep_BGhw.device)
+        cu_seqlens = torch.zeros(frames_BTHWC.shape[0] + 1, dtype=torch.int32, device=keep_BGhw.device)
         cu_seqlens[1:] = torch.cumsum(counts_B, 0)
     return PackedTokens(
         tokens=tokens_ND,
-        positions=index_N4[:, 1:],
+        positions=positions_N3,
         lengths=lengths_N,
         cu_seqlens=cu_seqlens,
         keep=keep_BGhw,

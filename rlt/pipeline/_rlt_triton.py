@@ -1,5 +1,7 @@
 """The RLT stage on a GPU in two Triton kernels: the keep mask of every tubelet of a batch in one
-launch, then the kept tokens with their run lengths and the clips' ``cu_seqlens`` in another.
+launch, then the kept tokens with their positions, run lengths and the clips' ``cu_seqlens`` in
+another. Between them one scan numbers the kept tokens, and the host reads their count: the one
+wait of the stage, needed to size its outputs.
 
 `_rlt`'s eager PyTorch ops do the same work in ~40 launches, and on a GPU it is the host issuing
 them, not the memory traffic, that bounds the stage (`benchmarks/bench_gpu.py`, section rlt). The
@@ -7,9 +9,16 @@ kernels compute exactly what `_rlt` does on the CPU: integer sums of ``|a - b|``
 channel, scaled and added in float64 in the same order, with no fused multiply-add, so a score on
 the threshold falls on the same side on both devices.
 
+Both kernels run one program per patch row of a tubelet (clip b, tubelet k, patch row i): its
+pixel rows are W * C contiguous bytes, so every load is a coalesced run across the row's w patches
+(one program per patch read 16 runs of p * C = 48 bytes, and ``nonzero`` numbered the kept tokens
+with a wait of its own: 0.496 ms for 32 clips of 16x224x224 on an H100, 9x one copy of the batch).
+
 `ENABLED` is False where Triton does not import (PyTorch's CUDA wheels bring it), where
 ``RLT_PREP_TRITON=0``, or once a kernel failed to compile (with a warning saying why); `_rlt` then
 uses its eager ops on the GPU too, and the functions here return None.
+
+Shape legend as in `_rlt`; R = B * G * h patch rows.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ def keep_mask(
     w0, w1, w2 = (weight_C + (weight_C[-1],) * 2)[:3]
     launched = not keep_BGhw.numel() or _launch(
         _keep_kernel,
-        keep_BGhw.numel(),
+        b * g * h,
         frames_BTHWC,
         keep_BGhw.view(torch.uint8),
         _bits(threshold),
@@ -78,37 +87,41 @@ def keep_mask(
         TS=ts,
         P=p,
         C=c,
-        BLOCK_R=_pow2(p),
-        BLOCK_X=_pow2(p * c),
+        BLOCK_J=_pow2(w),
+        BLOCK_E=_pow2(p * c),
         enable_fp_fusion=False,
     )
     return keep_BGhw if launched else None
 
 
 def pack(
-    frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, index_N4: torch.Tensor, ts: int, p: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The tokens at ``index_N4`` (``keep_BGhw.nonzero()``), uint8 ``[N, ts*p*p*C]`` laid out
-    (t, y, x, c), their run lengths, int64 ``[N]``, and ``cu_seqlens``, int32 ``[B+1]``: every clip
-    keeps its tubelet 0, so each clip's last token writes where the clip ends."""
+    frames_BTHWC: torch.Tensor, keep_BGhw: torch.Tensor, ts: int, p: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The kept tokens in (clip, t, h, w) order: uint8 ``[N, ts*p*p*C]`` laid out (t, y, x, c),
+    their positions, int64 ``[N, 3]``, run lengths, int64 ``[N]``, and ``cu_seqlens``, int32
+    ``[B+1]``. Waits for the GPU once, to learn N."""
     b, t, height, width, c = frames_BTHWC.shape
     g, h, w = keep_BGhw.shape[1:]
-    n = index_N4.shape[0]
-    tokens_ND = torch.empty((n, ts * p * p * c), dtype=torch.uint8, device=frames_BTHWC.device)
-    lengths_N = torch.empty(n, dtype=torch.int64, device=frames_BTHWC.device)
-    cu_seqlens = torch.empty(b + 1, dtype=torch.int32, device=frames_BTHWC.device)
-    if not n:
+    if not keep_BGhw.numel():
         return None  # no clips: the eager path makes the empty batch
+    # Kept token (b, k, i, j) is row ends[(((b * G + k) * h + i) * w + j] - 1 of the output.
+    ends = torch.cumsum(keep_BGhw.view(-1), 0, dtype=torch.int32)
+    n = int(ends[-1])
+    device = frames_BTHWC.device
+    tokens_ND = torch.empty((n, ts * p * p * c), dtype=torch.uint8, device=device)
+    positions_N3 = torch.empty((n, 3), dtype=torch.int64, device=device)
+    lengths_N = torch.empty(n, dtype=torch.int64, device=device)
+    cu_seqlens = torch.empty(b + 1, dtype=torch.int32, device=device)
     launched = _launch(
         _pack_kernel,
-        n,
+        b * g * h,
         frames_BTHWC,
         keep_BGhw.view(torch.uint8),
-        index_N4.contiguous(),
+        ends,
         tokens_ND,
+        positions_N3,
         lengths_N,
         cu_seqlens,
-        n,
         t,
         height,
         width,
@@ -118,11 +131,11 @@ def pack(
         TS=ts,
         P=p,
         C=c,
-        BLOCK_R=_pow2(ts * p),
-        BLOCK_X=_pow2(p * c),
+        BLOCK_J=_pow2(w),
+        BLOCK_E=_pow2(p * c),
         BLOCK_G=_pow2(g),
     )
-    return (tokens_ND, lengths_N, cu_seqlens) if launched else None
+    return (tokens_ND, positions_N3, lengths_N, cu_seqlens) if launched else None
 
 
 if triton is not None:
@@ -150,47 +163,49 @@ if triton is not None:
         TS: tl.constexpr,
         P: tl.constexpr,
         C: tl.constexpr,
-        BLOCK_R: tl.constexpr,
-        BLOCK_X: tl.constexpr,
+        BLOCK_J: tl.constexpr,
+        BLOCK_E: tl.constexpr,
     ):
-        # One program per (clip, tubelet, patch row, patch column), in keep's row-major order.
+        # One program per patch row (clip b, tubelet k, patch row i), in keep's row-major order.
         pid = tl.program_id(0)
-        j = pid % w
-        i = (pid // w) % h
-        k = (pid // (w * h)) % G
-        b = (pid // (w * h * G)).to(tl.int64)
-        rows = tl.arange(0, BLOCK_R)[:, None]
-        cols = tl.arange(0, BLOCK_X)[None, :]  # x * C + c within the patch row
-        # No rows for tubelet 0, which is kept (a bound on the rows: Triton 3.9's interpreter takes no
-        # scalar in a block's mask).
-        mask = (rows < tl.where(k > 0, P, 0)) & (cols < P * C)
-        within = rows * (W * C) + cols
-        last = (((b * T + k * TS + TS - 1) * H + i * P) * W + j * P) * C
-        ref = (((b * T + (k - 1) * TS) * H + i * P) * W + j * P) * C
-        a = tl.load(frames_ptr + last + within, mask=mask, other=0).to(tl.int32)
-        r = tl.load(frames_ptr + ref + within, mask=mask, other=0).to(tl.int32)
-        diff = tl.abs(a - r)
-        channel = cols % C
+        i = pid % h
+        k = (pid // h) % G
+        b = (pid // (h * G)).to(tl.int64)
+        patch = tl.arange(0, BLOCK_J)[:, None]  # j
+        within = tl.arange(0, BLOCK_E)[None, :]  # x * C + c within the patch's pixel row
+        # Nothing is read for tubelet 0, which is kept (a bound, not a scalar and-ed into the mask:
+        # Triton 3.9's interpreter takes no scalar in a block's mask).
+        mask = (patch < tl.where(k > 0, w, 0)) & (within < P * C)
+        columns = patch * (P * C) + within
+        last = (((b * T + k * TS + TS - 1) * H + i * P) * W) * C
+        ref = (((b * T + (k - 1) * TS) * H + i * P) * W) * C
+        sums = tl.zeros((BLOCK_J, BLOCK_E), dtype=tl.int32)
+        for dy in range(P):  # the patch row's pixel rows, each W * C contiguous bytes
+            a = tl.load(frames_ptr + last + dy * (W * C) + columns, mask=mask, other=0).to(tl.int32)
+            r = tl.load(frames_ptr + ref + dy * (W * C) + columns, mask=mask, other=0).to(tl.int32)
+            sums += tl.abs(a - r)
+        channel = within % C
         # The score as `_rlt._patch_scores` adds it: channel 0 times its weight, then each next one.
-        score = tl.sum(tl.sum(tl.where(channel == 0, diff, 0), axis=1), axis=0).to(tl.float64) * _as_float64(w0_bits)
+        score = tl.sum(tl.where(channel == 0, sums, 0), axis=1).to(tl.float64) * _as_float64(w0_bits)
         for ch in tl.static_range(1, C):
-            part = tl.sum(tl.sum(tl.where(channel == ch, diff, 0), axis=1), axis=0).to(tl.float64)
+            part = tl.sum(tl.where(channel == ch, sums, 0), axis=1).to(tl.float64)
             if ch == 1:
                 score += part * _as_float64(w1_bits)
             else:
                 score += part * _as_float64(w2_bits)
-        kept = (k == 0) | (score > _as_float64(threshold_bits))
-        tl.store(keep_ptr + pid, kept.to(tl.uint8))
+        j = tl.arange(0, BLOCK_J)
+        kept = (j < tl.where(k > 0, 0, w)) | (score > _as_float64(threshold_bits))
+        tl.store(keep_ptr + pid * w + j, kept.to(tl.uint8), mask=j < w)
 
     @triton.jit
     def _pack_kernel(
         frames_ptr,
         keep_ptr,
-        index_ptr,
+        ends_ptr,
         tokens_ptr,
+        positions_ptr,
         lengths_ptr,
         cu_seqlens_ptr,
-        N,
         T,
         H,
         W,
@@ -200,28 +215,37 @@ if triton is not None:
         TS: tl.constexpr,
         P: tl.constexpr,
         C: tl.constexpr,
-        BLOCK_R: tl.constexpr,
-        BLOCK_X: tl.constexpr,
+        BLOCK_J: tl.constexpr,
+        BLOCK_E: tl.constexpr,
         BLOCK_G: tl.constexpr,
     ):
-        # One program per kept token: its ts * p rows of p * C bytes, then its run length.
-        n = tl.program_id(0).to(tl.int64)
-        b = tl.load(index_ptr + n * 4)
-        t = tl.load(index_ptr + n * 4 + 1)
-        i = tl.load(index_ptr + n * 4 + 2)
-        j = tl.load(index_ptr + n * 4 + 3)
-        rows = tl.arange(0, BLOCK_R)[:, None]  # dt * P + dy
-        cols = tl.arange(0, BLOCK_X)[None, :]
-        mask = (rows < TS * P) & (cols < P * C)
-        source = (((b * T + t * TS + rows // P) * H + i * P + rows % P) * W + j * P) * C + cols
-        values = tl.load(frames_ptr + source, mask=mask)
-        tl.store(tokens_ptr + n * (TS * P * P * C) + rows * (P * C) + cols, values, mask=mask)
-        # The next kept tubelet at this patch, or the clip's end.
-        later = tl.arange(0, BLOCK_G)
-        kept = tl.load(keep_ptr + ((b * G + later) * h + i) * w + j, mask=(later > t) & (later < G), other=0)
-        following = tl.min(tl.where(kept != 0, later, G), axis=0)
-        tl.store(lengths_ptr + n, following - t)
-        # A clip's last token (the next one is another clip's, or there is none) writes its end.
-        next_clip = tl.load(index_ptr + (n + 1) * 4, mask=n + 1 < N, other=-1)
-        tl.store(cu_seqlens_ptr + b + 1, (n + 1).to(tl.int32), mask=next_clip != b)
-        tl.store(cu_seqlens_ptr, (n * 0).to(tl.int32), mask=n == 0)  # and the first token, the start
+        # One program per patch row (clip b, tubelet k, patch row i): its kept tokens' ts * p pixel
+        # rows, positions and run lengths.
+        pid = tl.program_id(0)
+        i = pid % h
+        k = (pid // h) % G
+        b = (pid // (h * G)).to(tl.int64)
+        j = tl.arange(0, BLOCK_J)
+        kept = tl.load(keep_ptr + pid * w + j, mask=j < w, other=0) != 0
+        row = tl.load(ends_ptr + pid * w + j, mask=kept, other=1).to(tl.int64) - 1  # each token's row
+        within = tl.arange(0, BLOCK_E)[None, :]
+        mask = kept[:, None] & (within < P * C)
+        source = (((b * T + k * TS) * H + i * P) * W) * C + j[:, None] * (P * C) + within
+        target = row[:, None] * (TS * P * P * C) + within
+        for dt in range(TS):
+            for dy in range(P):  # a pixel row of every kept patch: W * C contiguous bytes read
+                values = tl.load(frames_ptr + source + (dt * H + dy) * (W * C), mask=mask)
+                tl.store(tokens_ptr + target + (dt * P + dy) * (P * C), values, mask=mask)
+        tl.store(positions_ptr + row * 3, (j * 0 + k).to(tl.int64), mask=kept)
+        tl.store(positions_ptr + row * 3 + 1, (j * 0 + i).to(tl.int64), mask=kept)
+        tl.store(positions_ptr + row * 3 + 2, j.to(tl.int64), mask=kept)
+        # Each token's run: to the next kept tubelet at its patch, or the clip's end.
+        later = tl.arange(0, BLOCK_G)[:, None]
+        ahead = ((b * G + later) * h + i) * w + j[None, :]
+        found = tl.load(keep_ptr + ahead, mask=(later > k) & (later < G) & (j[None, :] < w), other=0)
+        following = tl.min(tl.where(found != 0, later, G), axis=0)
+        tl.store(lengths_ptr + row, (following - k).to(tl.int64), mask=kept)
+        # The clip's last patch row writes where the clip ends; the first program, the start.
+        end = tl.load(ends_ptr + pid * w + w - 1)
+        tl.store(cu_seqlens_ptr + b + 1, end, mask=(k == G - 1) & (i == h - 1))
+        tl.store(cu_seqlens_ptr, end * 0, mask=pid == 0)
