@@ -13,13 +13,13 @@ rounds, interleaved so that a slow spell of the machine falls on all of them, of
               the cache) dropped first (`pagecache.drop_page_cache`):
               read from the disk, as a dataset larger than memory is (a copy, since pages read back
               through a mapping made later epochs of the dataset itself 1.5x slower here)
-  cold        the URL with an empty cache: every shard fetched (2 ahead of the reader) and checked
+  cold        the URL with an empty cache: every shard fetched (2 ahead of the reader, 4 at once) and checked
   warm        the URL again, every shard in the cache, through a new stream (which reads the
               index from the store again)
   local-next, warm-next
               the next epoch of the same loader, locally and from the URL: what every epoch after
               a job's first costs
-  store       no loader: every object of the dataset fetched from the store, 2 at a time, in
+  store       no loader: every object of the dataset fetched from the store, 4 at a time, in
               requests as large as the cache makes them, and dropped; the ceiling of a cold epoch,
               set by the store (moto serves from one Python process, and reads a whole object for
               every GET, ranged or not; s3rver, one Node process, reads only the range asked for)
@@ -31,7 +31,7 @@ JSON) and the ratios of cold and warm over local, and of cold over local-cold an
 their pages and without shows that dropping works on this machine.
 
     python benchmarks/bench_remote_loader.py [--videos 384] [--shard-size 64] [--rounds 5]
-        [--format arrow|zarr] [--max-tokens 16384] [--server moto|s3rver|rclone] [--fetch-threads 2]
+        [--format arrow|zarr] [--max-tokens 16384] [--server moto|s3rver|rclone] [--fetch-threads 4]
         [--json PATH]
 
 Needs moto's server (the test extra: pip install -e '.[test]'), or for ``--server s3rver`` Node and
@@ -184,8 +184,8 @@ def upload(local: Path, url: str) -> None:
 
 
 def read_store(url: str) -> float:
-    """Seconds to GET every object of the dataset at ``url``, two at a time (as many as the loader
-    fetches at once), in requests of the cache's size, keeping nothing: the most the store serves,
+    """Seconds to GET every object of the dataset at ``url``, as many at a time as the loader fetches
+    (`FETCH_THREADS`), in requests of the cache's size, keeping nothing: the most the store serves,
     the ceiling of a cold epoch."""
     import pyarrow.fs as pafs
 
@@ -371,7 +371,10 @@ def main() -> None:
     print(f"cold against local-cold (read from the disk): {figures['ratio_cold_to_local_cold']:.2f}x (goal >= 0.7x)")
     print(f"warm against local, a new stream: {figures['ratio_warm']:.2f}x (goal >= 0.95x)")
     print(f"warm against local, a loader's next epoch: {figures['ratio_warm_next_epoch']:.2f}x (goal >= 0.95x)")
-    print(f"cold against what the store serves (GETs alone, 2 at a time): {figures['ratio_cold_to_store']:.2f}x")
+    print(
+        f"cold against what the store serves (GETs alone, {_cache.FETCH_THREADS} at a time): "
+        f"{figures['ratio_cold_to_store']:.2f}x"
+    )
     print(f"local-cold against local: {rate['local-cold'] / rate['local']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

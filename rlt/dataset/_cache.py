@@ -56,15 +56,18 @@ from rlt.dataset._storage import ARROW_TOKENS_FILE
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_LIMIT = 50 * 10**9
-# Threads that fetch shards ahead of the reader, per dataset and process; metadata files are small,
-# so more of them at once, to hide the store's latency.
-FETCH_THREADS = 2
+# Threads that fetch shards ahead of the reader, per dataset and process: while one writes a shard
+# into the cache (the local disk's write-back can stall it), the others keep GETs in flight. A cold
+# epoch from moto's server on 2 cores: 424 MB/s with 2, 558-580 with 4, 558 with 8
+# (benchmarks/bench_remote_loader.py --fetch-threads N, 3 rounds each, one session). Metadata
+# files are small, so more of them at once, to hide the store's latency.
+FETCH_THREADS = 4
 METADATA_THREADS = 8
 # A temporary folder this old was left by a process that died while fetching.
 STALE_SECONDS = 3600
 # Bytes a download asks the store for at once, in one buffer (see `RemoteShards._download`): the
 # default shards (~76 MB) come in one GET; 64 MiB, two GETs each, made a cold epoch 2x slower. A
-# download in flight holds one such buffer (two threads per process fetch).
+# download in flight holds one such buffer (`FETCH_THREADS` of them per process at most).
 BLOCK = 128 << 20
 Kind = Literal["shards", "meta", "unpacked"]
 KINDS: tuple[Kind, ...] = ("shards", "meta")  # the copies fetched from a store
