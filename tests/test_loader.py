@@ -211,10 +211,13 @@ def unpacked(cache: Path) -> list[Path]:
     return sorted(cache.glob("remote/*/unpacked/shard-*/tokens.arrow"))
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "through-a-raw-file"])
 def test_zarr_tokens_are_unpacked_once_per_machine_and_read_like_arrow(
-    dataset: Path, zarr_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dataset: Path, zarr_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool
 ) -> None:
     monkeypatch.setenv("RLT_PREP_CACHE", str(tmp_path / "cache"))
+    if not in_memory:  # the way of shards too large to unpack in memory
+        monkeypatch.setattr("rlt.dataset._storage.UNPACK_IN_MEMORY", 0)
     expected = contents(list(TokenLoader(TokenStream(dataset, max_tokens=MAX_TOKENS, seed=5))))
     assert unpacked(tmp_path / "cache") == []  # Arrow needs no unpacking
     assert contents(list(TokenLoader(TokenStream(zarr_dataset, max_tokens=MAX_TOKENS, seed=5)))) == expected

@@ -25,6 +25,9 @@ ZARR_ARRAYS = ("video", "label", "clip", "frame_indices", "padded", "token_offse
 TOKEN_CHUNK = 4096
 TOKEN_SHARD = 16384
 ZSTD_LEVEL = 7
+# A Zarr shard's tokens up to this many bytes are unpacked in memory, not through a raw file: one
+# write of the tokens instead of two (the default shards hold ~76 MB).
+UNPACK_IN_MEMORY = 256 << 20
 
 
 def write_columns(folder: Path, columns: dict[str, np.ndarray], *, storage: Storage, geometry: Geometry) -> None:
@@ -247,15 +250,23 @@ class ShardReader:
     def unpack(self, folder: Path) -> None:
         """Writes this Zarr shard into ``folder`` in Arrow storage (FORMAT.md's two Arrow files, no
         ``meta.json``): the copy the training loader memory-maps instead of decompressing one or two
-        chunks for every clip. The tokens go through a raw file, decompressed one Zarr shard file
-        at a time and memory-mapped for the Arrow writer, so memory holds at most one such file."""
-        raw = folder / ".tokens.u8"
+        chunks for every clip.
+
+        Tokens up to `UNPACK_IN_MEMORY` bytes are decompressed into memory and written once. Larger
+        ones go through a raw file, one Zarr shard file at a time, memory-mapped for the Arrow
+        writer, so that memory holds at most one such file."""
         shape = (self.tokens, self.geometry.token_dim)
         pixels = self._pixels()
-        with writing(raw), open(raw, "wb") as out:
+        raw = folder / ".tokens.u8"
+        if self.tokens * self.geometry.token_dim <= UNPACK_IN_MEMORY:
+            tokens = np.empty(shape, np.uint8)
             for start in range(0, self.tokens, TOKEN_SHARD):
-                out.write(np.ascontiguousarray(pixels[start : start + TOKEN_SHARD]).data)
-        tokens = np.memmap(raw, np.uint8, "r", shape=shape) if self.tokens else np.empty(shape, np.uint8)
+                tokens[start : start + TOKEN_SHARD] = pixels[start : start + TOKEN_SHARD]
+        else:
+            with writing(raw), open(raw, "wb") as out:
+                for start in range(0, self.tokens, TOKEN_SHARD):
+                    out.write(np.ascontiguousarray(pixels[start : start + TOKEN_SHARD]).data)
+            tokens = np.memmap(raw, np.uint8, "r", shape=shape)
         columns = {name: self.column(name) for name in ZARR_ARRAYS if name not in ("token_offsets", "tokens")}
         write_columns(
             folder,
@@ -264,7 +275,7 @@ class ShardReader:
             geometry=self.geometry,
         )
         del tokens
-        raw.unlink()
+        raw.unlink(missing_ok=True)
 
     def _pixels(self) -> Any:
         """The tokens (pixels), opened and checked on first use: reports that read metadata never
