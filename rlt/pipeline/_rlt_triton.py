@@ -16,9 +16,7 @@ with a wait of its own: 0.496 ms for 32 clips of 16x224x224 on an H100, 9x one c
 
 `ENABLED` is False where Triton does not import (PyTorch's CUDA wheels bring it), where
 ``RLT_PREP_TRITON=0``, or once a kernel failed to compile (with a warning saying why); `_rlt` then
-uses its eager ops on the GPU too, and the functions here return None.
-
-Shape legend as in `_rlt`; R = B * G * h patch rows.
+uses its eager ops on the GPU too, and the functions here return None. Shape legend as in `_rlt`.
 """
 
 from __future__ import annotations
@@ -104,7 +102,7 @@ def pack(
     g, h, w = keep_BGhw.shape[1:]
     if not keep_BGhw.numel():
         return None  # no clips: the eager path makes the empty batch
-    # Kept token (b, k, i, j) is row ends[(((b * G + k) * h + i) * w + j] - 1 of the output.
+    # Kept token (b, k, i, j) is row ends[((b * G + k) * h + i) * w + j] - 1 of the output.
     ends = torch.cumsum(keep_BGhw.view(-1), 0, dtype=torch.int32)
     n = int(ends[-1])
     device = frames_BTHWC.device
