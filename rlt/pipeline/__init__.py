@@ -1,6 +1,6 @@
 """The online path: video files to clips on the device, tokenized where the frames are."""
 
-from rlt.pipeline._clips import DecodedVideo, concrete_device, decode_ahead, decode_clips, usable_cores
+from rlt.pipeline._clips import DecodedVideo, decode_ahead, decode_clips, usable_cores
 from rlt.pipeline._decode import (
     BACKENDS,
     DECODERS,
@@ -12,6 +12,7 @@ from rlt.pipeline._decode import (
     output_device,
     resolve_backend,
 )
+from rlt.pipeline._device import concrete_device
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import Manifest, ManifestError, ManifestRow, read_manifest
 from rlt.pipeline._online import OnlinePipeline, RLTConfig, tokenize_clips, tokenize_video

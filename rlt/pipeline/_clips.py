@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rlt.pipeline._decode import Backend, decode_batch, output_device
+from rlt.pipeline._device import concrete_device, to_device
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._probe import VideoInfo, probe
 from rlt.pipeline._sampling import ClipIndices, ClipSampling, sample_clips
@@ -120,12 +121,7 @@ def decode_clips(
                 continue
             order_KT = np.searchsorted(union_U, np.stack([c.frame_indices for c in clips]))
             frames_KTHWC = _gather(frames_UHWC, order_KT)
-            if frames_KTHWC.device.type == "cpu" and device.type == "cuda":
-                # CPU-decoded clips travel at output size, from page-locked memory, off the host's path.
-                frames_KTHWC = frames_KTHWC.pin_memory().to(device, non_blocking=True)
-            elif frames_KTHWC.device != device:
-                # To the CPU, or another GPU: a blocking copy, since nothing else would wait for it.
-                frames_KTHWC = frames_KTHWC.to(device)
+            frames_KTHWC = to_device(frames_KTHWC, device)  # CPU-decoded clips travel at output size
             ready = None
             if stream is not None:
                 ready = torch.cuda.Event()
@@ -158,17 +154,6 @@ def decode_ahead(groups: Iterable[G], decode: Callable[[G], R], *, workers: int,
         finally:
             for future in pending:
                 future.cancel()
-
-
-def concrete_device(device: torch.device | str) -> torch.device:
-    """``device`` with its index: a plain "cuda" is this thread's current GPU.
-
-    Resolved in the caller's thread, because a new thread's current GPU is always GPU 0.
-    """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def usable_cores() -> int:

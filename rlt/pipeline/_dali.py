@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlt.pipeline._device import to_device
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._probe import VideoInfo
 from rlt.pipeline._transforms import output_geometry
@@ -131,7 +132,7 @@ def _decode_on_the_cpu(
     decoded = decode_dali([infos[k] for k in which], [frame_indices[k] for k in which], gpu=False, size=size, crop=crop)
     device = torch.device("cuda", device_id)
     for k, item in zip(which, decoded, strict=True):
-        results[k] = item.pin_memory().to(device, non_blocking=True) if isinstance(item, torch.Tensor) else item
+        results[k] = to_device(item, device) if isinstance(item, torch.Tensor) else item
 
 
 def unsupported_codec_reason(codec: str, backend: str) -> str:

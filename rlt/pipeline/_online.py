@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from rlt._checks import check_choice
-from rlt.pipeline._clips import DecodedVideo, concrete_device, decode_ahead, decode_clips, usable_cores
+from rlt.pipeline._clips import DecodedVideo, decode_ahead, decode_clips, usable_cores
 from rlt.pipeline._decode import Backend, output_device, resolve_backend
+from rlt.pipeline._device import concrete_device, to_device
 from rlt.pipeline._errors import VideoDecodeError
 from rlt.pipeline._manifest import ManifestRow, read_manifest
 from rlt.pipeline._packed import PackedTokens
@@ -139,23 +140,15 @@ def tokenize_clips(
         raise ValueError(f"num_frames={frames_BTHWC.shape[1]} is not a multiple of tubelet_size={rlt.tubelet_size}")
     device = frames_BTHWC.device
     return rlt.tokenize(frames_BTHWC).with_clips(
-        labels=_from_host(
+        labels=to_device(
             torch.tensor([item.label for item in decoded for _ in range(len(item.clips) * views)], dtype=torch.int64),
             device,
         ),
         videos=[item.video for item in decoded for _ in range(len(item.clips) * views)],
         clip_ids=[c.clip for c in clips],
-        frame_indices=_from_host(torch.from_numpy(np.stack([c.frame_indices for c in clips])), device),
-        padded=_from_host(torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in clips])), device),
+        frame_indices=to_device(torch.from_numpy(np.stack([c.frame_indices for c in clips])), device),
+        padded=to_device(torch.from_numpy(np.stack([c.padded_tubelets(rlt.tubelet_size) for c in clips])), device),
     )
-
-
-def _from_host(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device``: to a GPU from page-locked memory, so the host does not wait for it
-    (a copy from pageable memory synchronises)."""
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 class OnlinePipeline:
