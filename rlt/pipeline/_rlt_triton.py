@@ -46,12 +46,30 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _launch(kernel: Any, programs: int, *args: Any, **options: Any) -> bool:
-    """Runs ``kernel`` over ``programs`` programs; False, and the kernels off for good, where
-    Triton cannot compile it here (a Triton or a GPU the kernels were not tried with)."""
+def _launch(kernel: Any, frames_BTHWC: torch.Tensor, ts: int, p: int, *args: Any, **options: Any) -> bool:
+    """Runs ``kernel`` (frames, ``args``, then the geometry both kernels take) with a program per
+    patch row of a tubelet; False, and the kernels off for good, where Triton cannot compile it here
+    (a Triton or a GPU the kernels were not tried with)."""
     global ENABLED
+    b, t, height, width, c = frames_BTHWC.shape
+    g, h, w = t // ts, height // p, width // p
     try:
-        kernel[(programs,)](*args, **options)
+        kernel[(b * g * h,)](
+            frames_BTHWC,
+            *args,
+            t,
+            height,
+            width,
+            g,
+            h,
+            w,
+            TS=ts,
+            P=p,
+            C=c,
+            BLOCK_J=_pow2(w),
+            BLOCK_E=_pow2(p * c),
+            **options,
+        )
     except triton.CompilationError as e:
         ENABLED = False
         warnings.warn(f"rlt: the RLT stage's Triton kernels do not compile here, using torch ops: {e}", stacklevel=3)
@@ -63,30 +81,19 @@ def keep_mask(
     frames_BTHWC: torch.Tensor, ts: int, p: int, weight_C: tuple[float, ...], threshold: float
 ) -> torch.Tensor | None:
     """`_rlt._keep_mask` with ``compare="previous"``: bool ``[B, G, h, w]``, tubelet 0 kept."""
-    b, t, height, width, c = frames_BTHWC.shape
-    g, h, w = t // ts, height // p, width // p
-    keep_BGhw = torch.empty((b, g, h, w), dtype=torch.bool, device=frames_BTHWC.device)
+    b, t, height, width, _ = frames_BTHWC.shape
+    keep_BGhw = torch.empty((b, t // ts, height // p, width // p), dtype=torch.bool, device=frames_BTHWC.device)
     w0, w1, w2 = (weight_C + (weight_C[-1],) * 2)[:3]
     launched = not keep_BGhw.numel() or _launch(
         _keep_kernel,
-        b * g * h,
         frames_BTHWC,
+        ts,
+        p,
         keep_BGhw.view(torch.uint8),
         _bits(threshold),
         _bits(w0),
         _bits(w1),
         _bits(w2),
-        t,
-        height,
-        width,
-        g,
-        h,
-        w,
-        TS=ts,
-        P=p,
-        C=c,
-        BLOCK_J=_pow2(w),
-        BLOCK_E=_pow2(p * c),
         enable_fp_fusion=False,
     )
     return keep_BGhw if launched else None
@@ -98,8 +105,7 @@ def pack(
     """The kept tokens in (clip, t, h, w) order: uint8 ``[N, ts*p*p*C]`` laid out (t, y, x, c),
     their positions, int64 ``[N, 3]``, run lengths, int64 ``[N]``, and ``cu_seqlens``, int32
     ``[B+1]``. Waits for the GPU once, to learn N."""
-    b, t, height, width, c = frames_BTHWC.shape
-    g, h, w = keep_BGhw.shape[1:]
+    b, c = frames_BTHWC.shape[0], frames_BTHWC.shape[-1]
     if not keep_BGhw.numel():
         return None  # no clips: the eager path makes the empty batch
     # Kept token (b, k, i, j) is row ends[((b * G + k) * h + i) * w + j] - 1 of the output.
@@ -112,26 +118,16 @@ def pack(
     cu_seqlens = torch.empty(b + 1, dtype=torch.int32, device=device)
     launched = _launch(
         _pack_kernel,
-        b * g * h,
         frames_BTHWC,
+        ts,
+        p,
         keep_BGhw.view(torch.uint8),
         ends,
         tokens_ND,
         positions_N3,
         lengths_N,
         cu_seqlens,
-        t,
-        height,
-        width,
-        g,
-        h,
-        w,
-        TS=ts,
-        P=p,
-        C=c,
-        BLOCK_J=_pow2(w),
-        BLOCK_E=_pow2(p * c),
-        BLOCK_G=_pow2(g),
+        BLOCK_G=_pow2(keep_BGhw.shape[1]),
     )
     return (tokens_ND, positions_N3, lengths_N, cu_seqlens) if launched else None
 
