@@ -67,7 +67,7 @@ from pagecache import drop_page_cache  # benchmarks/pagecache.py, beside this sc
 
 from rlt.dataset import _cache
 from rlt.dataset._cache import BLOCK
-from rlt.dataset._remote import mirror
+from rlt.dataset._remote import filesystem, mirror
 from rlt.pipeline import ClipSampling
 from rlt.samples import make_samples
 from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
@@ -186,10 +186,10 @@ def upload(local: Path, url: str) -> None:
 def read_store(url: str) -> float:
     """Seconds to GET every object of the dataset at ``url``, as many at a time as the loader fetches
     (`FETCH_THREADS`), in requests of the cache's size, keeping nothing: the most the store serves,
-    the ceiling of a cold epoch."""
+    the ceiling of a cold epoch. Its client is the loader's: it leaves the store's CRCs unchecked."""
     import pyarrow.fs as pafs
 
-    fs, path = pafs.FileSystem.from_uri(url)
+    fs, path = filesystem(url, digests_checked=True)
     keys = [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.type == pafs.FileType.File]
 
     def get(key: str) -> None:

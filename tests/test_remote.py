@@ -4,6 +4,7 @@ shard cache, exactly as from local disk."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rlt import open_dataset
 from rlt.cli import app
 from rlt.dataset import FIELDS, META, CorruptShardError, TokenDataset, cache_root
 from rlt.dataset._cache import RemoteShards, cache_limit_bytes
-from rlt.dataset._remote import mirror
+from rlt.dataset._remote import Store, mirror
 from rlt.pipeline import ClipSampling
 from rlt.samples import make_samples
 from rlt.stats import dataset_stats
@@ -309,6 +310,32 @@ def test_the_cache_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RLT_PREP_CACHE_LIMIT", "lots")
     with pytest.raises(ValueError, match="RLT_PREP_CACHE_LIMIT='lots' is not a size"):
         cache_limit_bytes()
+
+
+def test_only_a_store_whose_reader_checks_digests_skips_the_sdks_crc_check(
+    s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.fs as pafs
+
+    seen = []
+    real = pafs.FileSystem
+
+    class Recording:  # what the environment held as each S3 client was made
+        @staticmethod
+        def from_uri(url: str) -> tuple[pafs.FileSystem, str]:
+            seen.append(os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION"))
+            return real.from_uri(url)
+
+    monkeypatch.setattr(pafs, "FileSystem", Recording)
+    monkeypatch.delenv("AWS_RESPONSE_CHECKSUM_VALIDATION", raising=False)
+    url = s3.bucket()
+    Store(url, digests_checked=True)
+    Store(url)
+    assert seen == ["when_required", None]
+    assert "AWS_RESPONSE_CHECKSUM_VALIDATION" not in os.environ  # set only while the client was made
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_supported")  # the user's setting stands
+    Store(url, digests_checked=True)
+    assert seen[-1] == "when_supported"
 
 
 def test_a_local_dataset_touches_no_cache(local: Path, own_cache: Path) -> None:

@@ -112,10 +112,13 @@ class RemoteShards:
     """
 
     def __init__(self, url: str, *, cache_limit: int | None = None, index: DatasetIndex | None = None) -> None:
-        self.store = Store(url)
+        # Every object it reads is checked: meta.json against the index's checksum, the files
+        # against their digests in meta.json (`_download`). index.json, which has no digest, comes
+        # through a client that checks the store's CRC.
+        self.store = Store(url, digests_checked=True)
         self.url = self.store.url
         self.limit = cache_limit_bytes(cache_limit)
-        self.index = index or read_remote_index(self.url, self.store)
+        self.index = index or read_remote_index(self.url)
         self.local = mirror(self.url)
         self._held: dict[str, IO[bytes]] = {}
         self._pool: ThreadPoolExecutor | None = None
