@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from rlt import open_dataset
-from rlt.dataset import CorruptShardError
+from rlt.dataset import CorruptShardError, TokenDataset
 from rlt.pipeline import ClipSampling
 from rlt.samples import make_samples
 from rlt.tokenize_offline import TokenizeConfig, tokenize_dataset
 from rlt.train import TokenLoader, TokenStream
+from rlt.train import _loader as loader_module
 
 MAX_TOKENS = 120
 
@@ -37,6 +39,15 @@ def zarr_dataset(dataset: Path) -> Path:
     config = TokenizeConfig(storage="zarr", shard_size=2, sampling=sampling, backend="decord")
     tokenize_dataset(manifest, dataset.parent / "zarr", config, workers=1)
     return dataset.parent / "zarr"
+
+
+@pytest.fixture(scope="module")
+def small_shards(dataset: Path) -> Path:
+    """The clips of `dataset`, from the same video files, in 8 shards of one video (2 clips) each."""
+    manifest = dataset.parent / "videos" / "manifest.csv"
+    sampling = ClipSampling(num_frames=8, frame_interval=2, clips_per_video=2, size=64, crop=64)
+    tokenize_dataset(manifest, dataset.parent / "small", TokenizeConfig(shard_size=1, sampling=sampling), workers=1)
+    return dataset.parent / "small"
 
 
 def contents(batches: list) -> list[tuple]:
@@ -181,6 +192,46 @@ def test_a_small_shuffle_buffer_holds_few_shards_and_still_yields_every_clip(dat
     assert len(seen) == len(set(seen)) == 16
 
 
+def watch_opens(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every shard a `TokenDataset` opens from now on, with how many it held open then."""
+    opened: list[tuple[str, int]] = []
+    real = TokenDataset._open
+
+    def watching(self: TokenDataset, folder: Path, *args: Any, **kwargs: Any) -> Any:
+        opened.append((folder.name, len(self._readers)))
+        return real(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(TokenDataset, "_open", watching)
+    return opened
+
+
+def test_an_epoch_opens_each_shard_once_however_long_a_clip_waits_in_the_buffer(
+    small_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A buffer of 4 clips spans 2 shards, but a clip can wait in it for many more: holding only the
+    # 4 most recent shards, this epoch opened shards 14 times.
+    stream = TokenStream(small_shards, max_tokens=MAX_TOKENS, shuffle_buffer=4, seed=1)
+    opened = watch_opens(monkeypatch)
+    seen = [key for batch in TokenLoader(stream) for key in zip(batch.videos, batch.clip_ids, strict=True)]
+    assert len(seen) == len(set(seen)) == 16
+    assert sorted(name for name, _ in opened) == [f"shard-{k:05d}" for k in range(8)]
+
+
+def test_past_max_open_the_shard_needed_again_last_is_dropped(
+    small_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def epoch() -> list:
+        return list(TokenLoader(TokenStream(small_shards, max_tokens=MAX_TOKENS, shuffle_buffer=4, seed=1)))
+
+    everything = epoch()
+    widest = max(len(set(batch.videos)) for batch in everything)  # a shard holds one video
+    monkeypatch.setattr(loader_module, "MAX_OPEN", 2)
+    opened = watch_opens(monkeypatch)
+    assert contents(epoch()) == contents(everything)
+    assert len(opened) > 8  # some shard was dropped and opened again
+    assert max(held for _, held in opened) < max(2, widest)  # beyond 2 only for the shards of one batch
+
+
 def test_one_clip_per_video_takes_each_video_once_per_epoch_and_resumes(dataset: Path) -> None:
     def stream(**kw: int) -> TokenStream:
         return TokenStream(dataset, max_tokens=MAX_TOKENS, seed=3, one_clip_per_video=True, shuffle_buffer=4, **kw)
@@ -239,11 +290,12 @@ def test_unpacked_zarr_tokens_are_evicted_past_the_cache_limit(
     dataset: Path, zarr_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RLT_PREP_CACHE", str(tmp_path / "cache"))
-    # A buffer of one clip holds 3 shards open at most; with no room, the first is evicted once released.
+    # In order, a shard is released after its last clip; with no room, its copy is evicted as the
+    # next one is made, and only the last remains.
     stream = TokenStream(zarr_dataset, max_tokens=MAX_TOKENS, shuffle=False, shuffle_buffer=1, cache_limit=0)
     expected = TokenStream(dataset, max_tokens=MAX_TOKENS, shuffle=False, shuffle_buffer=1)
     assert contents(list(TokenLoader(stream))) == contents(list(TokenLoader(expected)))
-    assert [p.parent.name for p in unpacked(tmp_path / "cache")] == ["shard-00001", "shard-00002", "shard-00003"]
+    assert [p.parent.name for p in unpacked(tmp_path / "cache")] == ["shard-00003"]
 
 
 def test_a_batch_no_longer_held_lends_its_memory_to_a_later_one(dataset: Path) -> None:

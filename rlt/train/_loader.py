@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,14 @@ from rlt.train._augment import one_clip_per_video
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+# Shards a stream holds open at most. It holds each from its first use in the epoch to its last, so
+# that it opens each once: a clip can wait in the shuffle buffer long after its shard streamed past,
+# and holding the 6 most recent, an epoch of 24 shards of 128 clips opened shards 984 times
+# (benchmarks/bench_loader.py --shards). The shards in use at once come to about five shuffle
+# buffers' worth of clips (27 for shards of 128 clips and a buffer of 512); past this bound, the
+# shard needed again last is dropped. An open Arrow shard holds two files' descriptors and mappings
+# (and, from a URL, its lock, keeping the cache from evicting it).
+MAX_OPEN = 64
 OnError = Literal["raise", "skip"]
 
 
@@ -338,26 +345,31 @@ class TokenStream(IterableDataset):
     def _read(self, dataset: TokenDataset, worker: int, workers: int, *, shared: bool) -> Iterator[_Item]:
         starts = self._starts
         bad = set(self._bad)
-        # Shards held open: enough for the shuffle buffer's span, least recently used dropped.
-        capacity = 2 + math.ceil(self.shuffle_buffer / max(min(self._shard_rows, default=1), 1))
-        recent: OrderedDict[int, None] = OrderedDict()
         # Counted from the resume point: the DataLoader asks worker 0 first, every time.
         mine = self.plan()[self.start_batch :][worker::workers]
         ahead = _fetch_order(mine, starts, self.prefetch)
-        for clips in mine:
+        uses = _shard_uses(mine, starts)
+        held: set[int] = set()  # shards open: from their first use in `mine` to their last (see `MAX_OPEN`)
+        met: set[int] = set()
+        for at, clips in enumerate(mine):
             item = _Item(None)
             records = []
+            reading: set[int] = set()  # the shards this batch reads
             for clip in clips.tolist():
                 shard = int(np.searchsorted(starts, clip, side="right") - 1)
                 if shard in bad:
                     item.skipped_clips += 1
                     continue
-                if shard not in recent and shard in ahead:  # met for the first time: ready the next ones
-                    dataset.prefetch(ahead[shard])
-                recent[shard] = None
-                recent.move_to_end(shard)
-                if len(recent) > capacity:
-                    dataset.release(recent.popitem(last=False)[0])
+                if shard not in held:
+                    if shard not in met and shard in ahead:  # met for the first time: ready the next ones
+                        dataset.prefetch(ahead[shard])
+                    met.add(shard)
+                    # past the bound, drop the shard needed again last (none that this batch reads)
+                    if len(held) >= MAX_OPEN and (drop := _needed_last(held - reading, uses, at)) is not None:
+                        dataset.release(drop)
+                        held.discard(drop)
+                    held.add(shard)
+                reading.add(shard)
                 try:
                     records.append(dataset.read(shard, clip - int(starts[shard])))
                 except CorruptShardError as e:
@@ -370,6 +382,9 @@ class TokenStream(IterableDataset):
                     item.skipped_clips += 1
             if records and item.error is None:
                 item.batch = self._collate(records, shared=shared)
+            for shard in [k for k in held if uses[k][-1] <= at]:  # read for the last time this epoch
+                dataset.release(shard)
+                held.discard(shard)
             yield item
             if item.error is not None:
                 return
@@ -471,6 +486,25 @@ def _batch_buffer(nbytes: int) -> torch.Tensor:
         # no tensor of the batch is left.
         _buffers[k] = (array, weakref.ref(view))
         return torch.from_numpy(view)
+
+
+def _shard_uses(batches: list[np.ndarray], starts: np.ndarray) -> dict[int, np.ndarray]:
+    """For each shard that ``batches`` read, the positions of the batches that read it, ascending."""
+    if not batches:
+        return {}
+    shard_of = np.searchsorted(starts, np.concatenate(batches), side="right") - 1
+    batch_of = np.repeat(np.arange(len(batches)), [len(b) for b in batches])
+    order = np.lexsort((batch_of, shard_of))
+    shards, first = np.unique(shard_of[order], return_index=True)
+    return {
+        int(k): np.unique(positions) for k, positions in zip(shards, np.split(batch_of[order], first[1:]), strict=True)
+    }
+
+
+def _needed_last(shards: set[int], uses: dict[int, np.ndarray], at: int) -> int | None:
+    """Of ``shards``, the one whose next use from batch ``at`` on comes last (each has one: a
+    stream releases a shard after its last use)."""
+    return max(shards, key=lambda k: int(uses[k][np.searchsorted(uses[k], at)]), default=None)
 
 
 def _fetch_order(batches: list[np.ndarray], starts: np.ndarray, ahead: int) -> dict[int, list[int]]:
