@@ -41,12 +41,13 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 # Shards a stream holds open at most. It holds each from its first use in the epoch to its last, so
-# that it opens each once: a clip can wait in the shuffle buffer long after its shard streamed past,
-# and holding the 6 most recent, an epoch of 24 shards of 128 clips opened shards 984 times
-# (benchmarks/bench_loader.py --shards). The shards in use at once come to about five shuffle
-# buffers' worth of clips (27 for shards of 128 clips and a buffer of 512); past this bound, the
-# shard needed again last is dropped. An open Arrow shard holds two files' descriptors and mappings
-# (and, from a URL, its lock, keeping the cache from evicting it).
+# that it opens each once: a clip can wait in the shuffle buffer long after its shard streamed past.
+# Holding the few most recent instead, an epoch of 24 shards of 128 clips opened shards 984 times
+# (3.0 s against 0.5 s, one core), and `benchmarks/bench_loader_peers.py --clips 1536` (48 shards)
+# went from 0.66-1.03x the best peer to 1.22-2.26x. The shards in use at once come to about five
+# shuffle buffers' worth of clips (27 for shards of 128 clips and a buffer of 512); past this bound,
+# the shard needed again last is dropped. An open Arrow shard holds two files' descriptors and
+# mappings (and, from a URL, its lock, which keeps the cache from evicting it).
 MAX_OPEN = 64
 OnError = Literal["raise", "skip"]
 
