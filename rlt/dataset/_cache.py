@@ -63,6 +63,8 @@ DEFAULT_CACHE_LIMIT = 50 * 10**9
 # files are small, so more of them at once, to hide the store's latency.
 FETCH_THREADS = 4
 METADATA_THREADS = 8
+# Objects of one shard fetched at once (a Zarr shard has 21, an Arrow one 3).
+FILE_THREADS = 4
 # A temporary folder this old was left by a process that died while fetching.
 STALE_SECONDS = 3600
 # Bytes a download asks the store for at once, in one buffer (see `RemoteShards._download`): the
@@ -203,6 +205,7 @@ class RemoteShards:
         partial = self._metadata_copy(name, expected) if kind == "shards" else None
         meta, raw = (partial[1], partial[2]) if partial else self._meta(name, expected)
         files = [f for f in meta.files if kind == "shards" or not _is_pixels(f.path)]
+        downloads: list[tuple[FileEntry, Path]] = []
         for entry in files:
             target = tmp / _safe_path(entry.path, where)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,17 @@ class RemoteShards:
                     continue
                 except OSError:  # evicted meanwhile, or a filesystem without hard links
                     pass
-            self._download(f"{SHARDS}/{name}/{entry.path}", target, entry, where)
+            downloads.append((entry, target))
+
+        def download(job: tuple[FileEntry, Path]) -> None:
+            self._download(f"{SHARDS}/{name}/{job[0].path}", job[1], job[0], where)
+
+        if len(downloads) > 1:  # a Zarr shard is 21 objects: their requests overlap
+            with ThreadPoolExecutor(min(FILE_THREADS, len(downloads)), thread_name_prefix="rlt-file") as pool:
+                list(pool.map(download, downloads))
+        else:
+            for job in downloads:
+                download(job)
         (tmp / META).write_bytes(raw)
         log.debug("fetched %s (%s, %d files)", where, kind, len(files))
 

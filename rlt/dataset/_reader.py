@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
 # record in the cache folder (`checked_before`) spares hashing a shard whose files have not changed.
 _verified: set[tuple[str, str]] = set()
 log = logging.getLogger(__name__)
+# What a Zarr shard's Arrow copy is made from: lends the folder of the shard's checked files (and
+# whether their values were scanned before) while the copy is made.
+Source = Callable[[], AbstractContextManager[tuple[Path, bool]]]
 
 
 class CorruptShardError(OSError):
@@ -209,7 +215,6 @@ class TokenDataset:
         self._unpack = unpack and self.storage == "zarr" and "tokens" in self.columns and (verify or self.remote)
         self._cache_limit = cache_limit
         self._unpacked: dict[int, IO[bytes]] = {}  # the locks that keep unpacked copies in the cache
-        self._unpack_home: tuple[Path, int] | None = None
         # A local dataset's checks of the shards the reader comes to next, hashed on a thread
         # meanwhile (see `prefetch`).
         self._checks: dict[int, Future[list[list[Any]] | None]] = {}
@@ -246,6 +251,11 @@ class TokenDataset:
         if k not in self._readers:
             info = self.shards[k]
             name = check_shard_name(info.name, f"{self.root}/{INDEX}", f"shards[{k}].name")
+            if self._remote is not None and self._unpack:
+                # Read from its Arrow copy: the shard is fetched only to make one.
+                source = functools.partial(self._fetched, k, name)
+                self._readers[k] = self._unpacked_reader(k, self._remote.where(name), source)
+                return self._readers[k]
             if self._remote is not None:
                 folder = self._remote.acquire(name, info.checksum, pixels="tokens" in self.columns)
                 # A cached copy is checked against its checksum whenever it is fetched; its values
@@ -257,8 +267,6 @@ class TokenDataset:
                     self._remote.release(name)
                     raise
                 _verified.add(key)
-                if k in self._unpacked:  # read from its Arrow copy: the fetched one may go
-                    self._remote.release(name)
                 return self._readers[k]
             folder = Path(self.root) / SHARDS / name
             checked, hashed = (str(folder), info.checksum) in _verified, None
@@ -278,49 +286,70 @@ class TokenDataset:
     def _reader_of(self, k: int, folder: Path, where: str, *, checked: bool) -> ShardReader:
         """A reader of shard ``k``, whose files in ``folder`` passed their checksum: of those files,
         or with ``unpack`` of its Arrow copy in the cache, made from them first if need be."""
-        info = self.shards[k]
         if not self._unpack:
-            return self._open(folder, info, where, checked=checked)
-        copy, self._unpacked[k] = self._unpacked_copy(k, folder, where, checked=checked)
+            return self._open(folder, self.shards[k], where, checked=checked)
+        return self._unpacked_reader(k, where, lambda: contextlib.nullcontext((folder, checked)))
+
+    def _unpacked_reader(self, k: int, where: str, source: Source) -> ShardReader:
+        """A reader of Zarr shard ``k``'s Arrow copy in the cache, made if need be (see `_unpacked_copy`)."""
+        copy, self._unpacked[k] = self._unpacked_copy(k, where, source)
         try:
-            return self._open(copy, info, where, checked=True, storage="arrow")
+            return self._open(copy, self.shards[k], where, checked=True, storage="arrow")
         except BaseException:
             self._unpacked.pop(k).close()
             raise
 
-    def _unpacked_copy(self, k: int, folder: Path, where: str, *, checked: bool) -> tuple[Path, IO[bytes]]:
-        """The Arrow copy of Zarr shard ``k`` (in ``folder``, checksum checked) in the cache, made
-        if need be, and the lock that keeps it there until closed."""
-        from rlt.dataset._cache import cache_limit_bytes, cached_copy
-        from rlt.dataset._remote import mirror
+    @contextlib.contextmanager
+    def _fetched(self, k: int, name: str) -> Iterator[tuple[Path, bool]]:
+        """Shard ``k`` (``name``) of a dataset at a URL in the cache, checked against its checksum and
+        held meanwhile, and whether this process scanned its values before."""
+        assert self._remote is not None
+        folder = self._remote.acquire(name, self.shards[k].checksum, pixels=True)
+        key = (str(folder), self.shards[k].checksum)
+        try:
+            yield folder, key in _verified
+            _verified.add(key)
+        finally:
+            self._remote.release(name)
+
+    def _unpacked_copy(self, k: int, where: str, source: Source) -> tuple[Path, IO[bytes]]:
+        """The Arrow copy of Zarr shard ``k`` in the cache, and the lock that keeps it there until
+        closed. Made if need be from the shard's checked files, which ``source()`` lends (with
+        whether their values were scanned before): a copy in the cache needs no others."""
+        from rlt.dataset._cache import cached_copy
 
         info = self.shards[k]
 
         def unpack(tmp: Path) -> None:
-            source = self._open(folder, info, where, checked=checked)  # its structure checked
-            try:
-                source.unpack(tmp)
-            except FormatError as e:
-                raise CorruptShardError(where, str(e).removeprefix(f"{folder}/")) from e
-            except OSError:
-                raise
-            except Exception as e:  # zarr's codecs raise their own types
-                raise CorruptShardError(where, f"its tokens cannot be unpacked ({type(e).__name__}: {e})") from e
+            with source() as (folder, checked):
+                shard = self._open(folder, info, where, checked=checked)  # its structure checked
+                try:
+                    shard.unpack(tmp)
+                except FormatError as e:
+                    raise CorruptShardError(where, str(e).removeprefix(f"{folder}/")) from e
+                except OSError:
+                    raise
+                except Exception as e:  # zarr's codecs raise their own types
+                    raise CorruptShardError(where, f"its tokens cannot be unpacked ({type(e).__name__}: {e})") from e
 
-        if self._unpack_home is None:  # the dataset's mirror folder in the cache, and the cache's limit
-            if self._remote is not None:
-                self._unpack_home = mirror(self._remote.url), self._remote.limit
-            else:
-                self._unpack_home = mirror(Path(self.root).resolve().as_uri()), cache_limit_bytes(self._cache_limit)
-        local, limit = self._unpack_home
+        local, limit = self._unpack_home()
         return cached_copy(local, "unpacked", info.name, info.checksum, limit, unpack)
+
+    def _unpack_home(self) -> tuple[Path, int]:
+        """The dataset's mirror folder in the cache, where its Arrow copies go, and the cache's limit."""
+        from rlt.dataset._cache import cache_limit_bytes
+        from rlt.dataset._remote import mirror
+
+        if self._remote is not None:
+            return mirror(self._remote.url), self._remote.limit
+        return mirror(Path(self.root).resolve().as_uri()), cache_limit_bytes(self._cache_limit)
 
     def _prepare(self, k: int, folder: Path) -> list[list[Any]] | None:
         """Local shard ``k``'s checksum check (`_hash_check`'s result), and with ``unpack`` its Arrow
         copy made: on a thread, ahead of the reader."""
         hashed = _hash_check(folder, self.shards[k].checksum)
         if self._unpack:
-            self._unpacked_copy(k, folder, str(folder), checked=hashed is None)[1].close()
+            self._unpacked_copy(k, str(folder), lambda: contextlib.nullcontext((folder, hashed is None)))[1].close()
         return hashed
 
     def read(self, k: int, row: int, columns: Sequence[str] | None = None) -> ClipRecord:
