@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -176,6 +177,20 @@ def test_a_second_open_reuses_the_cache(local: Path, remote: str, fetches: list[
     assert batches(remote, 0) == batches(local, 0)
     assert len(fetches) == first  # nothing downloaded again
     assert times == {f: f.stat().st_mtime_ns for p in cached().values() for f in p.rglob("*") if f.is_file()}
+
+
+def test_zarr_shards_with_arrow_copies_in_the_cache_are_not_fetched_again(
+    local: Path, remote: str, fetches: list[str]
+) -> None:
+    if open_dataset(local).storage != "zarr":
+        pytest.skip("Arrow shards are read as fetched")
+    expected = batches(local, 0)
+    assert batches(remote, 0) == expected
+    for copy in cached("shards").values():  # the fetched shards evicted; their Arrow copies kept
+        shutil.rmtree(copy)
+    fetched = len(fetches)
+    assert batches(remote, 0) == expected
+    assert len(fetches) == fetched
 
 
 def test_a_warm_stream_fetches_nothing_ahead(local: Path, remote: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -348,6 +348,12 @@ def _make(folder: Path, key: str, fill: Callable[[Path], None]) -> None:
     _seen[(str(folder), key)] = stats
 
 
+def has_copy(local: Path, kind: Kind, name: str, expected: str) -> bool:
+    """Whether the cache holds the copy ``local/kind/name`` made from the shard with checksum
+    ``expected``, unchanged since."""
+    return _usable(local / kind / name, kind, expected)
+
+
 def _usable(folder: Path, kind: Kind, expected: str) -> bool:
     """Whether ``folder`` holds a copy made from ``expected`` whose files have not changed since:
     the record of its check is read once per process, then its file stats are compared with those

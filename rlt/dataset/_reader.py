@@ -335,6 +335,11 @@ class TokenDataset:
         local, limit = self._unpack_home()
         return cached_copy(local, "unpacked", info.name, info.checksum, limit, unpack)
 
+    def _has_unpacked_copy(self, k: int) -> bool:
+        from rlt.dataset._cache import has_copy
+
+        return has_copy(self._unpack_home()[0], "unpacked", self.shards[k].name, self.shards[k].checksum)
+
     def _unpack_home(self) -> tuple[Path, int]:
         """The dataset's mirror folder in the cache, where its Arrow copies go, and the cache's limit."""
         from rlt.dataset._cache import cache_limit_bytes
@@ -397,6 +402,8 @@ class TokenDataset:
         a thread for a local one, so that this overlaps reading the shard before. A failure is left
         for `shard` to meet and raise."""
         if self._remote is not None:
+            if self._unpack:  # a Zarr shard whose Arrow copy the cache has needs no fetching
+                shards = [k for k in shards if k not in self._readers and not self._has_unpacked_copy(k)]
             self._remote.prefetch(
                 [(self.shards[k].name, self.shards[k].checksum) for k in shards], pixels="tokens" in self.columns
             )
