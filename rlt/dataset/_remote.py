@@ -41,10 +41,10 @@ def local_path(location: str | Path) -> Path:
 # The AWS SDK under pyarrow's S3 filesystem checks a CRC of every object it GETs that has one, which
 # costs a fifth of the client's CPU: from moto's server on 2 cores, 4 GETs at a time of 76 MB objects,
 # 0.84 s of client CPU per 608 MB with it and 0.68 s without, 900 against 1000 MB/s (a probe, not
-# committed); the store's ceiling in benchmarks/bench_remote_loader.py rose from 772 to 876 MB/s. A reader that checks what it fetches against the digests in the shard's meta.json,
-# end to end, turns the SDK's check off for its own client (`Store(digests_checked=True)`); the
-# client reads the setting when it is made, so the environment is set only meanwhile, and a user's
-# own setting stands.
+# committed); the store's ceiling in benchmarks/bench_remote_loader.py rose from 772 to 876 MB/s.
+# A reader that checks what it fetches against the digests in the shard's meta.json, end to end,
+# turns the SDK's check off for its own client (`Store(digests_checked=True)`); the client reads the
+# setting when it is made, so the environment is set only meanwhile, and a user's own setting stands.
 _SDK_RESPONSE_CHECK = "AWS_RESPONSE_CHECKSUM_VALIDATION"
 _environment = threading.Lock()
 

@@ -45,10 +45,12 @@ STATE_VERSION = 1
 # Holding the few most recent instead, an epoch of 24 shards of 128 clips opened shards 984 times
 # (3.0 s against 0.5 s, one core), and `benchmarks/bench_loader_peers.py --clips 1536` (48 shards)
 # went from 0.66-1.03x the best peer to 1.22-2.26x. The shards in use at once come to about five
-# shuffle buffers' worth of clips (27 for shards of 128 clips and a buffer of 512); past this bound,
-# the shard needed again last is dropped. An open Arrow shard holds two files' descriptors and
-# mappings (and, from a URL, its lock, which keeps the cache from evicting it).
-MAX_OPEN = 64
+# shuffle buffers' worth of clips: 27 for shards of 128 clips and a buffer of 512, 68 for shards of
+# 32. Past this bound the shard needed again last is dropped: with 384 shards of 8 clips, a bound of
+# 64 opened shards 1027 times an epoch (1.56 s), 256 opened each once (0.89 s). An open Arrow shard
+# holds two mappings and no file descriptor; one from a URL, or a Zarr shard's Arrow copy, holds
+# one descriptor (its lock in the cache, which keeps the cache from evicting it).
+MAX_OPEN = 256
 OnError = Literal["raise", "skip"]
 
 
