@@ -220,12 +220,9 @@ class RemoteShards:
         def download(job: tuple[FileEntry, Path]) -> None:
             self._download(f"{SHARDS}/{name}/{job[0].path}", job[1], job[0], where)
 
-        if len(downloads) > 1:  # a Zarr shard is 21 objects: their requests overlap
-            with ThreadPoolExecutor(min(FILE_THREADS, len(downloads)), thread_name_prefix="rlt-file") as pool:
-                list(pool.map(download, downloads))
-        else:
-            for job in downloads:
-                download(job)
+        # A Zarr shard is 21 objects: their requests overlap.
+        with ThreadPoolExecutor(max(1, min(FILE_THREADS, len(downloads))), thread_name_prefix="rlt-file") as pool:
+            list(pool.map(download, downloads))
         (tmp / META).write_bytes(raw)
         log.debug("fetched %s (%s, %d files)", where, kind, len(files))
 

@@ -332,16 +332,18 @@ class TokenDataset:
                 except Exception as e:  # zarr's codecs raise their own types
                     raise CorruptShardError(where, f"its tokens cannot be unpacked ({type(e).__name__}: {e})") from e
 
-        local, limit = self._unpack_home()
+        local, limit = self._unpack_home
         return cached_copy(local, "unpacked", info.name, info.checksum, limit, unpack)
 
     def _has_unpacked_copy(self, k: int) -> bool:
         from rlt.dataset._cache import has_copy
 
-        return has_copy(self._unpack_home()[0], "unpacked", self.shards[k].name, self.shards[k].checksum)
+        return has_copy(self._unpack_home[0], "unpacked", self.shards[k].name, self.shards[k].checksum)
 
+    @functools.cached_property
     def _unpack_home(self) -> tuple[Path, int]:
-        """The dataset's mirror folder in the cache, where its Arrow copies go, and the cache's limit."""
+        """The dataset's mirror folder in the cache, where its Arrow copies go, and the cache's limit:
+        worked out once, not for every shard."""
         from rlt.dataset._cache import cache_limit_bytes
         from rlt.dataset._remote import mirror
 

@@ -353,7 +353,6 @@ class TokenStream(IterableDataset):
         ahead = _fetch_order(mine, starts, self.prefetch)
         uses = _shard_uses(mine, starts)
         held: set[int] = set()  # shards open: from their first use in `mine` to their last (see `MAX_OPEN`)
-        met: set[int] = set()
         for at, clips in enumerate(mine):
             item = _Item(None)
             records = []
@@ -364,9 +363,8 @@ class TokenStream(IterableDataset):
                     item.skipped_clips += 1
                     continue
                 if shard not in held:
-                    if shard not in met and shard in ahead:  # met for the first time: ready the next ones
+                    if uses[shard][0] == at and shard in ahead:  # met for the first time: ready the next ones
                         dataset.prefetch(ahead[shard])
-                    met.add(shard)
                     # past the bound, drop the shard needed again last (none that this batch reads)
                     if len(held) >= MAX_OPEN and (drop := _needed_last(held - reading, uses, at)) is not None:
                         dataset.release(drop)
